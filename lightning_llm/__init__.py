@@ -1,0 +1,1 @@
+"""lightning-llm: build a language model from scratch."""

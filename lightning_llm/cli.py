@@ -1,0 +1,63 @@
+"""`llm <stage> [hydra overrides...]`: one Hydra app per stage, config in conf/<stage>.yaml."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+STAGES = {
+    "prepare": "read, clean and split the corpus, train the tokenizer, write token shards",
+    "train": "train a GPT with Lightning (prepares data first if needed)",
+    "generate": "sample a continuation of a prompt from a trained model",
+}
+
+USAGE = "usage: llm <stage> [hydra overrides...]   (llm <stage> --help shows that stage's config)\n\nstages:\n" + \
+    "\n".join(f"  {name:<10} {text}" for name, text in STAGES.items())
+
+
+def check_overrides(stage: str, args: list[str]) -> None:
+    """Compose the config once before Hydra runs, so that an unknown key, a missing group
+    option or an unparsable value fails in one line instead of Hydra's multi-line report.
+    Flags (--help, --cfg, -m) and hydra.* overrides are left to Hydra itself."""
+    if any(arg.startswith("-") for arg in args):
+        return
+    from hydra import compose, initialize_config_dir
+
+    from lightning_llm.stages.common import CONF_DIR
+
+    overrides = [arg for arg in args if not arg.lstrip("+~").startswith("hydra.")]
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3", job_name=stage):
+            compose(config_name=stage, overrides=overrides)
+    except Exception as err:  # Hydra raises several types; each is a config mistake here
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def one_line(err: Exception) -> str:
+    if "Lexer" in type(err).__name__ or "OverrideParse" in type(err).__name__:
+        return (f"cannot parse the override {str(err).splitlines()[0].split(': ', 1)[-1]!r}: quote a value "
+                "with spaces or symbols, e.g. 'prompt=\"ROMEO: Hark\"'")
+    text = str(err).split("Config search path")[0]
+    lines = [ln.strip() for ln in text.splitlines()
+             if ln.strip() and not ln.strip().startswith(("full_key:", "object_type=", "reference_type="))]
+    return " ".join(lines).replace("\t", " ")
+
+
+def main() -> None:
+    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help", "help"):
+        print(USAGE)
+        sys.exit(0 if len(sys.argv) >= 2 else 2)
+    name = sys.argv[1]
+    if name not in STAGES:
+        print(f"error: unknown stage {name!r}; stages are: {', '.join(STAGES)}", file=sys.stderr)
+        sys.exit(2)
+    os.environ.setdefault("WANDB_MODE", "offline")  # a run never reaches the network unless the user says so
+    check_overrides(name, sys.argv[2:])
+    sys.argv = [f"llm {name}"] + sys.argv[2:]
+    importlib.import_module(f"lightning_llm.stages.{name}").main()
+
+
+if __name__ == "__main__":
+    main()

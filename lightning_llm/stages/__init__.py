@@ -1,0 +1,1 @@
+"""Entry points: each stage is a Hydra app that composes config, builds objects and calls one function."""

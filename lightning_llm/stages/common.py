@@ -1,0 +1,64 @@
+"""What every stage shares: where the config lives, config validation, one-line errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from lightning_llm.errors import UserError
+
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+log = logging.getLogger("lightning_llm")
+
+# Lightning advertises a cloud logger at every start, and warns that the run dir is not
+# empty (Hydra's own log file is there): neither helps a user of this harness.
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "litlogger" not in r.getMessage())
+warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
+def stage(name: str):
+    """Make fn(cfg) a Hydra app on conf/<name>.yaml whose user errors print as one line, exit 2."""
+
+    def wrap(fn):
+        @hydra.main(config_path=CONF_DIR, config_name=name, version_base="1.3")
+        @functools.wraps(fn)
+        def main(cfg: DictConfig):
+            try:
+                return fn(cfg)
+            except UserError as err:
+                print(f"error: {err}", file=sys.stderr)
+                sys.exit(2)
+            except OmegaConfBaseException as err:
+                print(f"error: config: {str(err).splitlines()[0]}", file=sys.stderr)
+                sys.exit(2)
+
+        return main
+
+    return wrap
+
+
+def to_dataclass(cls, node: DictConfig, where: str, **fixed):
+    """Build a config dataclass from a config node: unknown keys, wrong types and impossible
+    values (the dataclass's own checks) become one UserError that names the node."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values = OmegaConf.to_container(node, resolve=True)
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise UserError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(fields - set(fixed))}")
+    try:
+        schema = OmegaConf.structured(cls)
+        merged = OmegaConf.merge(schema, {**values, **fixed})
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise UserError(f"{where}: {str(err).splitlines()[0]}") from None
+    except (ValueError, TypeError) as err:
+        raise UserError(f"{where}: {err}") from None

@@ -1,0 +1,27 @@
+"""llm prepare: build (or find) the prepared-data folder for data= and tokenizer=."""
+
+from __future__ import annotations
+
+import json
+
+from omegaconf import DictConfig
+
+from lightning_llm.data import DataConfig, PreparedData, TokenizerConfig, prepare
+from lightning_llm.stages.common import log, stage, to_dataclass
+
+
+def prepared_data(cfg: DictConfig) -> PreparedData:
+    return prepare(to_dataclass(DataConfig, cfg.data, "data"), to_dataclass(TokenizerConfig, cfg.tokenizer, "tokenizer"),
+                   cfg.paths.data_cache)
+
+
+@stage("prepare")
+def main(cfg: DictConfig) -> dict:
+    data = prepared_data(cfg)
+    meta = data.meta
+    for split, info in meta["splits"].items():
+        log.info("%-5s %3d documents %10s tokens %10s bytes", split, info["documents"], f"{info['tokens']:,}",
+                 f"{info['bytes']:,}")
+    log.info("vocabulary %d tokens (%s); report: %s", meta["vocab_size"], meta["tokenizer"], data.dir / "report.json")
+    print(data.dir)
+    return json.loads(json.dumps(meta))

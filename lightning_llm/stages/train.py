@@ -1,0 +1,118 @@
+"""llm train: prepare data (cached), build the model and trainer from config, fit, record the run."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from lightning_llm.errors import UserError
+from lightning_llm.model import GPT, GPTConfig, flops_per_token
+from lightning_llm.model.io import save_pretrained
+from lightning_llm.stages.common import log, stage, to_dataclass
+from lightning_llm.stages.prepare import prepared_data
+from lightning_llm.training.datamodule import TokenDataModule
+from lightning_llm.training.module import LanguageModel
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """`auto` picks bf16-mixed where the chip does bf16 matmuls fast (CUDA with bf16, or a CPU
+    with AVX-512 BF16 / AMX), and 32-true elsewhere: on an AVX2-only CPU bf16 is emulated and
+    far slower than fp32."""
+    if precision != "auto":
+        return precision
+    on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    if on_gpu:
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "bf16-mixed" if torch.backends.cpu.get_cpu_capability() in ("AVX512", "AVX512_BF16", "AMX") and \
+        _cpu_has_bf16() else "32-true"
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def train(cfg: DictConfig) -> dict:
+    run_dir = Path(cfg.paths.run_dir)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    data = prepared_data(cfg)
+    meta = data.meta
+    model_config = to_dataclass(GPTConfig, cfg.model, "model", vocab_size=meta["vocab_size"])
+    for split in ("train", "val"):
+        if meta["splits"][split]["tokens"] <= model_config.block_size + 1:
+            raise UserError(f"model.block_size={model_config.block_size} is larger than the {split} split "
+                            f"({meta['splits'][split]['tokens']} tokens): lower model.block_size")
+
+    module = LanguageModel(model_config.to_dict(), data.tokenizer_path.read_text(),
+                           optimizer=instantiate(cfg.optim.optimizer), scheduler=instantiate(cfg.optim.scheduler),
+                           bytes_per_token=meta["splits"]["val"]["bytes_per_token"])
+    datamodule = TokenDataModule(data, model_config.block_size, cfg.batch_size, cfg.seed, cfg.val_windows)
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    loggers = [instantiate(lg) for lg in cfg.logger.values()]
+    precision = resolve_precision(str(cfg.trainer.precision), str(cfg.trainer.accelerator))
+    trainer: pl.Trainer = instantiate(cfg.trainer, precision=precision, callbacks=callbacks, logger=loggers)
+
+    n_params, flops = module.model.num_params(), flops_per_token(module.model)
+    if trainer.is_global_zero:
+        log.info("model: %.2fM parameters, %.1f MFLOPs per token (training), precision %s",
+                 n_params / 1e6, flops / 1e6, precision)
+        log.info("data: %s (%s train tokens, vocabulary %d)", data.dir, f"{meta['splits']['train']['tokens']:,}",
+                 meta["vocab_size"])
+    started = time.time()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    seconds = time.time() - started
+    metrics = {k: round(float(v), 6) for k, v in trainer.callback_metrics.items()}
+
+    if trainer.is_global_zero:
+        checkpoint = trainer.checkpoint_callback
+        best = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
+        if best:
+            best_state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+            module.load_state_dict(best_state)
+            metrics["best_val/loss"] = round(float(checkpoint.best_model_score), 6)
+        save_pretrained(module.model.cpu(), module.tokenizer_json, run_dir / "model")
+        record = {
+            "experiment": cfg.experiment_name, "run_dir": str(run_dir), "git_commit": git_commit(),
+            "seed": cfg.seed, "data": {"dir": str(data.dir), "hash": data.dir.name, **meta},
+            "model": {**model_config.to_dict(), "parameters": n_params, "flops_per_token": flops},
+            "precision": precision, "steps": trainer.global_step, "train_seconds": round(seconds, 1),
+            "tokens_seen": trainer.global_step * cfg.batch_size * model_config.block_size
+                           * cfg.trainer.accumulate_grad_batches * trainer.world_size,
+            "best_checkpoint": best, "metrics": metrics,
+            "versions": {p: version(p) for p in ("torch", "lightning", "hydra-core", "tokenizers", "numpy")}
+                        | {"python": platform.python_version()},
+            "overrides": OmegaConf.to_container(cfg, resolve=True),
+        }
+        write_json(run_dir / "run.json", record)
+        log.info("done in %.0f s: val/loss %s, run dir %s", seconds, metrics.get("best_val/loss"), run_dir)
+    return metrics
+
+
+main = stage("train")(train)

@@ -1,0 +1,100 @@
+"""End to end through the real `llm` command: prepare -> train -> generate, and the errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+LLM = [sys.executable, "-m", "lightning_llm.cli"]
+TINY = ["model=gpt-nano", "batch_size=16", "trainer.max_steps=30", "trainer.val_check_interval=15",
+        "trainer.log_every_n_steps=1", "val_windows=16", "callbacks.samples.max_new_tokens=40",
+        "optim.optimizer.lr=1e-2", "optim.scheduler.warmup_steps=5"]
+
+
+def run(args, outputs: Path, check=True):
+    env = {**os.environ, "LLM_OUTPUT_ROOT": str(outputs), "WANDB_MODE": "disabled"}
+    result = subprocess.run(LLM + args, capture_output=True, text=True, env=env, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"llm {' '.join(args)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, cache_root, prepared):
+    """One tiny training run shared by the tests below; it reuses the session's prepared data."""
+    outputs = cache_root.parent
+    run_dir = tmp_path_factory.mktemp("run")
+    result = run(["train", *TINY, f"hydra.run.dir={run_dir}"], outputs)
+    return run_dir, outputs, result
+
+
+def test_prepare_prints_the_cached_folder(prepared, cache_root):
+    result = run(["prepare"], cache_root.parent)
+    assert result.stdout.strip().splitlines()[-1] == str(prepared.dir)
+    assert "reusing" in result.stdout + result.stderr
+
+
+def test_train_writes_every_artifact_and_the_loss_falls(trained):
+    run_dir, _, _ = trained
+    for name in (".hydra/config.yaml", "metrics.csv", "checkpoints/last.ckpt", "checkpoints/best.ckpt",
+                 "plots/loss.png", "samples.md", "run.json", "model/model.safetensors", "model/config.json",
+                 "model/tokenizer.json"):
+        assert (run_dir / name).exists(), name
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    train_loss = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    val_loss = [float(r["val/loss"]) for r in rows if r.get("val/loss")]
+    assert len(train_loss) == 30 and len(val_loss) == 2
+    assert sum(train_loss[-5:]) / 5 < sum(train_loss[:5]) / 5 - 0.3
+    assert val_loss[-1] < val_loss[0]
+
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["steps"] == 30 and record["seed"] == 1337
+    assert record["data"]["hash"].startswith("shakespeare-")
+    assert record["metrics"]["best_val/loss"] == pytest.approx(min(val_loss), abs=1e-4)
+    assert record["model"]["parameters"] > 0 and "torch" in record["versions"]
+    assert (run_dir / "plots/loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "ROMEO:" in (run_dir / "samples.md").read_text()
+
+
+def test_generate_from_run_dir_and_from_checkpoint(trained):
+    run_dir, outputs, _ = trained
+    args = ["prompt=ROMEO:", "max_new_tokens=25", "temperature=0.8", "top_k=5", "seed=1"]
+    first = run(["generate", f"ckpt={run_dir}", *args], outputs).stdout
+    again = run(["generate", f"ckpt={run_dir}", *args], outputs).stdout
+    assert first.startswith("ROMEO:") and len(first.strip()) >= 25 and first == again  # seeded
+    from_ckpt = run(["generate", f"ckpt={run_dir}/checkpoints/best.ckpt", *args], outputs).stdout
+    assert from_ckpt == first  # the .ckpt and the exported model folder hold the same weights
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "model.no_such_key=1"], "Could not override 'model.no_such_key'"),
+    (["train", "model=no_such_model"], "Could not find 'model/no_such_model'"),
+    (["train", "model.n_head=5"], "n_embd (256) must be divisible by n_head (5)"),
+    (["train", "model=gpt-nano", "model.block_size=1000000"], "block_size=1000000 is larger than the val split"),
+    (["generate", "ckpt=/no/such/run"], "does not exist"),
+    (["generate", "ckpt=pyproject.toml"], "is not a lightning-llm checkpoint"),
+    (["nonsense"], "unknown stage"),
+])
+def test_bad_input_fails_in_one_line(args, message, cache_root, prepared):
+    result = run(args, cache_root.parent, check=False)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+
+
+def test_prompt_with_unknown_characters_is_refused(trained):
+    run_dir, outputs, _ = trained
+    result = run(["generate", f"ckpt={run_dir}", "prompt='ROMEO~'"], outputs, check=False)
+    assert result.returncode == 2 and "never saw" in result.stderr and "'~'" in result.stderr
+
+
+def test_help_lists_stages():
+    result = subprocess.run(LLM + ["--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and all(s in result.stdout for s in ("prepare", "train", "generate"))

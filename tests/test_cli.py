@@ -68,16 +68,28 @@ def test_generate_from_run_dir_and_from_checkpoint(trained):
     first = run(["generate", f"ckpt={run_dir}", *args], outputs).stdout
     again = run(["generate", f"ckpt={run_dir}", *args], outputs).stdout
     assert first.startswith("ROMEO:") and len(first.strip()) >= 25 and first == again  # seeded
-    from_ckpt = run(["generate", f"ckpt={run_dir}/checkpoints/best.ckpt", *args], outputs).stdout
-    assert from_ckpt == first  # the .ckpt and the exported model folder hold the same weights
+    from_folder = run(["generate", f"ckpt={run_dir}/model", *args], outputs).stdout
+    assert from_folder == first  # the exported safetensors folder holds the best checkpoint's weights
+
+
+def test_resuming_from_a_checkpoint_of_another_shape_names_the_keys(trained):
+    run_dir, outputs, _ = trained
+    result = run(["train", *TINY, "model.n_layer=3", f"ckpt_path={run_dir}/checkpoints/last.ckpt"], outputs,
+                 check=False)
+    assert result.returncode == 2
+    assert "n_layer: checkpoint 2 vs config 3" in result.stderr
 
 
 @pytest.mark.parametrize("args, message", [
     (["train", "model.no_such_key=1"], "Could not override 'model.no_such_key'"),
     (["train", "model=no_such_model"], "Could not find 'model/no_such_model'"),
-    (["train", "model.n_head=5"], "n_embd (256) must be divisible by n_head (5)"),
+    (["train", "model.n_head=5"], "n_embd (128) must be divisible by n_head (5)"),
     (["train", "model=gpt-nano", "model.block_size=1000000"], "block_size=1000000 is larger than the val split"),
+    (["train", "trainer.max_steps=0"], "trainer.max_steps must be a whole number of at least 1"),
+    (["train", "data.split.val=0.6", "data.split.test=0.5"], "must be in [0, 1) and sum below 1"),
+    (["train", "trainer.precision=bogus"], "Precision 'bogus' is invalid"),
     (["generate", "ckpt=/no/such/run"], "does not exist"),
+    (["generate", "ckpt=/no/such/run", "max_new_tokens=many"], "could not be converted to Integer"),
     (["generate", "ckpt=pyproject.toml"], "is not a lightning-llm checkpoint"),
     (["nonsense"], "unknown stage"),
 ])

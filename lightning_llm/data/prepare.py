@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -49,6 +50,10 @@ class SplitConfig:
     group_by: str = "work"  # documents sharing this key land in one split
     stratify_by: str | None = "genre"  # each split keeps the corpus's mix of this key
 
+    def __post_init__(self):
+        if not (0 <= self.val < 1 and 0 <= self.test < 1 and self.val + self.test < 1):
+            raise ValueError(f"split.val ({self.val}) and split.test ({self.test}) must be in [0, 1) and sum below 1")
+
 
 @dataclass
 class DataConfig:
@@ -59,6 +64,8 @@ class DataConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
 
     def __post_init__(self):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name):
+            raise ValueError(f"data.name {self.name!r} must be letters, digits, '_', '.' or '-' (it names a folder)")
         if self.source != "shakespeare":
             raise ValueError(f"data.source {self.source!r} is not known: the built-in source is 'shakespeare'")
 
@@ -82,7 +89,9 @@ class PreparedData:
 
 
 def cache_key(data: DataConfig, tokenizer: TokenizerConfig) -> str:
-    payload = {"version": PIPELINE_VERSION, "data": asdict(data), "tokenizer": asdict(tokenizer),
+    # A char vocabulary is whatever the train split holds: its other knobs must not split the cache.
+    tok = {"kind": "char"} if tokenizer.kind == "char" else asdict(tokenizer)
+    payload = {"version": PIPELINE_VERSION, "data": asdict(data), "tokenizer": tok,
                "sources": shakespeare.fingerprint(data.editions)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 

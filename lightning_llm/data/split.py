@@ -36,7 +36,7 @@ def split_documents(docs: list[Document], val: float, test: float, seed: int,
         size = {n: sum(len(d.text) for d in groups[n]) for n in names}
         total = sum(size.values())
         filled = dict.fromkeys(SPLITS, 0)
-        # Held-out splits are dealt first so a small stratum still lends them a group.
+        # Deal each group to the split furthest below its target; ties go to a held-out split.
         for name in names:
             deficit = {s: targets[s] * total - filled[s] for s in SPLITS if targets[s] > 0}
             chosen = max(deficit, key=lambda s: (deficit[s], s != "train"))

@@ -230,7 +230,8 @@ class GPT(nn.Module):
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  generator: torch.Generator | None = None, use_cache: bool = True) -> torch.Tensor:
         """Sample continuations of idx (B, T). With the cache each new token costs one position;
-        when the window fills, the cache restarts from the last half-window of context."""
+        when the window fills, the cache restarts from the last half-window of context (so past
+        the window it conditions on less context than use_cache=False, which slides the window)."""
         self.eval()
         dtype = next(self.parameters()).dtype
         cache = None
@@ -238,7 +239,7 @@ class GPT(nn.Module):
             if not use_cache:
                 logits, _ = self(idx[:, -self.config.block_size:])
             elif cache is None or cache.length == self.config.block_size:
-                context = idx[:, -(self.config.block_size // 2 if cache is not None else self.config.block_size):]
+                context = idx[:, -(max(1, self.config.block_size // 2) if cache is not None else self.config.block_size):]
                 cache = KVCache(self.config, idx.size(0), idx.device, dtype)
                 logits, _ = self(context, cache=cache)
             else:

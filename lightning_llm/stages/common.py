@@ -10,6 +10,8 @@ import warnings
 from pathlib import Path
 
 import hydra
+from hydra.errors import InstantiationException
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -37,8 +39,9 @@ def stage(name: str):
             except UserError as err:
                 print(f"error: {err}", file=sys.stderr)
                 sys.exit(2)
-            except OmegaConfBaseException as err:
-                print(f"error: config: {str(err).splitlines()[0]}", file=sys.stderr)
+            except (OmegaConfBaseException, InstantiationException, MisconfigurationException) as err:
+                # A config value the target (Trainer, optimizer, logger) refused: say which, in one line.
+                print(f"error: config: {' '.join(str(err).split())[:500]}", file=sys.stderr)
                 sys.exit(2)
 
         return main

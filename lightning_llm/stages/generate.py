@@ -2,25 +2,47 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lightning_llm.data.tokenizer import EOT, encode_prompt
-from lightning_llm.errors import UserError
 from lightning_llm.model.io import load_pretrained
-from lightning_llm.stages.common import stage
+from lightning_llm.stages.common import stage, to_dataclass
+
+
+@dataclass
+class GenerateConfig:
+    ckpt: str
+    prompt: str = "\n"
+    max_new_tokens: int = 200
+    temperature: float = 0.8
+    top_k: int | None = 50
+    num_samples: int = 1
+    seed: int = 1
+    device: str = "auto"
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1 or self.num_samples < 1 or (self.top_k is not None and self.top_k < 1):
+            raise ValueError("max_new_tokens, num_samples and top_k must be at least 1")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be at least 0 (0 is greedy), got {self.temperature}")
+        if self.device == "auto":
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        elif self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device={self.device} but no CUDA GPU is visible: use device=cpu")
 
 
 @stage("generate")
 def main(cfg: DictConfig) -> list[str]:
-    if cfg.max_new_tokens < 1 or cfg.temperature < 0 or (cfg.top_k is not None and cfg.top_k < 1):
-        raise UserError("max_new_tokens and top_k must be at least 1 and temperature at least 0")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-    model, tokenizer = load_pretrained(cfg.ckpt, device)
-    ids = encode_prompt(tokenizer, str(cfg.prompt))
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    idx = torch.tensor([ids] * cfg.num_samples, device=device)
-    out = model.generate(idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, generator=generator)
+    args = to_dataclass(GenerateConfig, OmegaConf.masked_copy(cfg, [f.name for f in fields(GenerateConfig)]),
+                        "generate")
+    model, tokenizer = load_pretrained(args.ckpt, args.device)
+    ids = encode_prompt(tokenizer, str(args.prompt))
+    generator = torch.Generator(device=args.device).manual_seed(args.seed)
+    idx = torch.tensor([ids] * args.num_samples, device=args.device)
+    out = model.generate(idx, args.max_new_tokens, args.temperature, args.top_k, generator=generator)
     texts = [tokenizer.decode(row.tolist(), skip_special_tokens=False).replace(EOT, "\n\n") for row in out]
     print(("\n" + "-" * 40 + "\n").join(texts))
     return texts

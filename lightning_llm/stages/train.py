@@ -59,12 +59,42 @@ def write_json(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
+def check_run_config(cfg: DictConfig) -> None:
+    """Refuse impossible settings before any data is prepared."""
+    to_dataclass(GPTConfig, cfg.model, "model", vocab_size=1)  # the shape; the vocabulary comes from the data
+    for key in ("batch_size", "val_windows", "trainer.max_steps", "trainer.accumulate_grad_batches"):
+        value = OmegaConf.select(cfg, key)
+        if not isinstance(value, int) or value < 1:
+            raise UserError(f"{key} must be a whole number of at least 1, got {value!r}")
+    interval, accumulate = cfg.trainer.val_check_interval, cfg.trainer.accumulate_grad_batches
+    if isinstance(interval, int) and interval % accumulate:
+        raise UserError(f"trainer.val_check_interval ({interval}) counts batches: make it a multiple of "
+                        f"trainer.accumulate_grad_batches ({accumulate}) so checkpoints fall between steps")
+    if cfg.ckpt_path and not Path(cfg.ckpt_path).is_file():
+        raise UserError(f"ckpt_path={cfg.ckpt_path} is not a file: pass a checkpoints/*.ckpt of an earlier run")
+
+
+def check_checkpoint_matches(ckpt_path: str, model_config: GPTConfig) -> None:
+    try:
+        saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)["hyper_parameters"]["model_config"]
+    except Exception as err:
+        raise UserError(f"ckpt_path={ckpt_path} is not a lightning-llm checkpoint ({type(err).__name__})") from None
+    current = model_config.to_dict()
+    differ = {k: (saved.get(k), current[k]) for k in current if saved.get(k) != current[k]}
+    if differ:
+        detail = ", ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in differ.items())
+        raise UserError(f"ckpt_path={ckpt_path} was trained with another model config ({detail})")
+
+
 def train(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.paths.run_dir)
+    check_run_config(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     data = prepared_data(cfg)
     meta = data.meta
     model_config = to_dataclass(GPTConfig, cfg.model, "model", vocab_size=meta["vocab_size"])
+    if cfg.ckpt_path:
+        check_checkpoint_matches(cfg.ckpt_path, model_config)
     for split in ("train", "val"):
         if meta["splits"][split]["tokens"] <= model_config.block_size + 1:
             raise UserError(f"model.block_size={model_config.block_size} is larger than the {split} split "
@@ -93,7 +123,7 @@ def train(cfg: DictConfig) -> dict:
     if trainer.is_global_zero:
         checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
-        if best:
+        if best and checkpoint.best_model_score is not None:
             best_state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
             module.load_state_dict(best_state)
             metrics["best_val/loss"] = round(float(checkpoint.best_model_score), 6)

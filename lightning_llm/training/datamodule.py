@@ -25,7 +25,7 @@ class RandomWindows(IterableDataset):
         batch = self.start_batch
         while True:
             rng = np.random.default_rng([self.seed, self.rank, batch])
-            starts = rng.integers(0, len(self.tokens) - self.block_size - 1, size=self.batch_size)
+            starts = rng.integers(0, len(self.tokens) - self.block_size, size=self.batch_size)
             window = torch.from_numpy(self.tokens[starts[:, None] + offsets].astype(np.int64))
             yield window[:, :-1], window[:, 1:]
             batch += 1

@@ -22,7 +22,6 @@ class LanguageModel(pl.LightningModule):
         self.model = GPT(GPTConfig(**model_config))
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.bytes_per_token = bytes_per_token
-        self._val_loss_sum = self._val_count = 0.0
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["tokenizer_json"] = self.tokenizer_json
@@ -37,18 +36,16 @@ class LanguageModel(pl.LightningModule):
         return loss
 
     def on_validation_epoch_start(self):
-        self._val_loss_sum = self._val_count = 0.0
+        self._val_totals = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, token count
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
         _, loss = self.model(x, y)
-        self._val_loss_sum += loss.detach() * y.numel()
-        self._val_count += y.numel()
+        self._val_totals += torch.stack([loss.detach().double() * y.numel(),
+                                         torch.tensor(float(y.numel()), dtype=torch.float64, device=self.device)])
 
     def on_validation_epoch_end(self):
-        totals = self.all_gather(torch.stack([torch.as_tensor(self._val_loss_sum, dtype=torch.float64),
-                                              torch.as_tensor(self._val_count, dtype=torch.float64)]))
-        totals = totals.reshape(-1, 2).sum(0)
+        totals = self.all_gather(self._val_totals).reshape(-1, 2).sum(0)
         loss = (totals[0] / totals[1]).item()
         # Bits per byte divides out the tokenizer: a char model and a BPE model compare on it.
         self.log_dict({"val/loss": loss, "val/ppl": math.exp(min(loss, 50.0)),

@@ -46,16 +46,22 @@ def one_line(err: Exception) -> str:
 
 
 def main() -> None:
-    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help", "help"):
-        print(USAGE)
-        sys.exit(0 if len(sys.argv) >= 2 else 2)
-    name = sys.argv[1]
-    if name not in STAGES:
-        print(f"error: unknown stage {name!r}; stages are: {', '.join(STAGES)}", file=sys.stderr)
-        sys.exit(2)
+    relaunched = os.environ.get("LLM_STAGE")
+    if relaunched and (len(sys.argv) < 2 or sys.argv[1] not in STAGES):
+        # A DDP rank that Lightning started again with this script and the overrides alone.
+        name, args = relaunched, sys.argv[1:]
+    else:
+        if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help", "help"):
+            print(USAGE)
+            sys.exit(0 if len(sys.argv) >= 2 else 2)
+        name, args = sys.argv[1], sys.argv[2:]
+        if name not in STAGES:
+            print(f"error: unknown stage {name!r}; stages are: {', '.join(STAGES)}", file=sys.stderr)
+            sys.exit(2)
+        check_overrides(name, args)
+    os.environ["LLM_STAGE"] = name
     os.environ.setdefault("WANDB_MODE", "offline")  # a run never reaches the network unless the user says so
-    check_overrides(name, sys.argv[2:])
-    sys.argv = [f"llm {name}"] + sys.argv[2:]
+    sys.argv = [sys.argv[0]] + args  # the real script path: Lightning relaunches DDP ranks with it
     importlib.import_module(f"lightning_llm.stages.{name}").main()
 
 

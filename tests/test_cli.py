@@ -110,3 +110,17 @@ def test_prompt_with_unknown_characters_is_refused(trained):
 def test_help_lists_stages():
     result = subprocess.run(LLM + ["--help"], capture_output=True, text=True)
     assert result.returncode == 0 and all(s in result.stdout for s in ("prepare", "train", "generate"))
+
+
+def test_ddp_on_two_cpu_processes_writes_one_run(tmp_path, cache_root, prepared):
+    outputs = cache_root.parent
+    run_dir = tmp_path / "ddp-run"
+    run(["train", *TINY, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", f"hydra.run.dir={run_dir}"],
+        outputs)
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["steps"] == 30 and "ddp" in str(record["overrides"]["trainer"]["strategy"])
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    train_loss = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert len(train_loss) == 30  # one logger: rank zero's
+    assert sum(train_loss[-5:]) / 5 < sum(train_loss[:5]) / 5 - 0.3
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]

@@ -79,3 +79,17 @@ def test_impossible_configs_fail_clearly(bad, message):
     base = dict(vocab_size=50, block_size=24, n_layer=2, n_head=4, n_embd=32)
     with pytest.raises(ValueError, match=message):
         GPTConfig(**{**base, **bad})
+
+
+@pytest.mark.parametrize("preset, params", [("gpt-nano", None), ("gpt-micro", None),
+                                            ("gpt2-124m", 124_439_808), ("llama-small", None)])
+def test_every_preset_builds(preset, params):
+    from conftest import compose_config
+    from lightning_llm.stages.common import to_dataclass
+
+    cfg = compose_config("train", [f"model={preset}"])
+    vocab = 50257 if preset == "gpt2-124m" else 90
+    config = to_dataclass(GPTConfig, cfg.model, "model", vocab_size=vocab)
+    if params:  # GPT-2 small as published: 124M with tied embeddings and learned positions
+        with torch.device("meta"):
+            assert sum(p.numel() for p in GPT(config).parameters()) == params

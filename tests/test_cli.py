@@ -124,3 +124,37 @@ def test_ddp_on_two_cpu_processes_writes_one_run(tmp_path, cache_root, prepared)
     assert len(train_loss) == 30  # one logger: rank zero's
     assert sum(train_loss[-5:]) / 5 < sum(train_loss[:5]) / 5 - 0.3
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
+def test_a_resumed_run_logs_the_same_losses_as_an_uninterrupted_one(tmp_path, cache_root, prepared):
+    """Stop after 15 of 30 scheduled steps (same schedule), resume to 30: every loss must match."""
+    outputs = cache_root.parent
+    steps = ["trainer.max_steps=30", "optim.scheduler.total_steps=30", "trainer.val_check_interval=5",
+             "experiment_name=resume_check"]
+    whole, first_half, resumed = tmp_path / "whole", tmp_path / "first", tmp_path / "resumed"
+    run(["train", *TINY, *steps, f"hydra.run.dir={whole}"], outputs)
+    run(["train", *TINY, *steps, "trainer.max_steps=15", f"hydra.run.dir={first_half}"], outputs)
+    run(["train", *TINY, *steps, f"ckpt_path={first_half}/checkpoints/last.ckpt", f"hydra.run.dir={resumed}"],
+        outputs)
+
+    def losses(run_dir, column):
+        rows = csv.DictReader(open(run_dir / "metrics.csv"))
+        return {int(r["step"]): float(r[column]) for r in rows if r.get(column)}
+
+    for column in ("train/loss", "val/loss"):
+        expected, got = losses(whole, column), losses(resumed, column)
+        assert got and all(step >= 15 for step in got)
+        assert {s: expected[s] for s in got} == pytest.approx(got, abs=1e-5)
+
+
+def test_resume_auto_continues_the_newest_run_of_the_experiment(tmp_path, cache_root, prepared):
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    (outputs / "data").symlink_to(cache_root)  # reuse the session's prepared data
+    base = ["train", *TINY, "experiment_name=auto_resume", "optim.scheduler.total_steps=40"]
+    fresh = run([*base, "resume=auto"], outputs)
+    assert "no earlier checkpoint" in fresh.stdout + fresh.stderr
+    resumed = run([*base, "resume=auto", "trainer.max_steps=40"], outputs)
+    assert "resuming from" in resumed.stdout + resumed.stderr
+    newest = max((outputs / "train" / "auto_resume").iterdir(), key=lambda p: p.stat().st_mtime)
+    assert json.loads((newest / "run.json").read_text())["steps"] == 40

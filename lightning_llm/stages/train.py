@@ -59,6 +59,25 @@ def write_json(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
+def find_resume_checkpoint(cfg: DictConfig) -> str | None:
+    """resume=auto: the newest checkpoints/last.ckpt among this experiment's earlier run dirs."""
+    if cfg.resume in (None, False):
+        return cfg.ckpt_path
+    if cfg.resume != "auto":
+        raise UserError(f"resume must be auto or null, got {cfg.resume!r}")
+    if cfg.ckpt_path:
+        raise UserError("give either resume=auto or ckpt_path=..., not both")
+    experiment_dir = Path(cfg.paths.output_root) / "train" / cfg.experiment_name
+    this_run = Path(cfg.paths.run_dir).resolve()
+    candidates = [p for p in experiment_dir.glob("*/checkpoints/last.ckpt") if p.parents[1].resolve() != this_run]
+    if not candidates:
+        log.info("resume=auto: no earlier checkpoint under %s, starting fresh", experiment_dir)
+        return None
+    newest = max(candidates, key=lambda p: p.stat().st_mtime)
+    log.info("resume=auto: resuming from %s", newest)
+    return str(newest)
+
+
 def check_run_config(cfg: DictConfig) -> None:
     """Refuse impossible settings before any data is prepared."""
     to_dataclass(GPTConfig, cfg.model, "model", vocab_size=1)  # the shape; the vocabulary comes from the data
@@ -88,6 +107,7 @@ def check_checkpoint_matches(ckpt_path: str, model_config: GPTConfig) -> None:
 
 def train(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.paths.run_dir)
+    cfg.ckpt_path = find_resume_checkpoint(cfg)
     check_run_config(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     data = prepared_data(cfg)

@@ -14,7 +14,7 @@ from lightning_llm.model import GPT, GPTConfig
 class LanguageModel(pl.LightningModule):
     def __init__(self, model_config: dict, tokenizer_json: str, optimizer: Callable | None = None,
                  scheduler: Callable | None = None, bytes_per_token: float = 1.0):
-        """optimizer(param_groups) and scheduler(optimizer, total_steps) come from config as partials.
+        """optimizer(param_groups) and scheduler(optimizer) come from config as partials.
         The tokenizer travels inside every checkpoint, so a .ckpt alone can generate."""
         super().__init__()
         self.save_hyperparameters("model_config", "bytes_per_token")
@@ -59,5 +59,5 @@ class LanguageModel(pl.LightningModule):
         optimizer = self.optimizer_factory(groups)
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer, total_steps=self.trainer.max_steps)
+        scheduler = self.scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

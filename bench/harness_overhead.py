@@ -29,31 +29,17 @@ from lightning_llm.training.datamodule import RandomWindows, TokenDataModule
 from lightning_llm.training.module import LanguageModel
 from lightning_llm.training.optim import warmup_cosine
 
+from bare_loop import make_optimizer, train_steps
+
 LR, WARMUP = 6e-3, 100
-
-
-def optimizer_factory(groups):
-    return torch.optim.AdamW(groups, lr=LR, betas=(0.9, 0.99), weight_decay=0.1)
 
 
 def bare(data, config: GPTConfig, batch: int, steps: int) -> float:
     torch.manual_seed(0)
     model = GPT(config)
-    params = list(model.parameters())
-    opt = optimizer_factory([{"params": [p for p in params if p.dim() >= 2]},
-                             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}])
-    sched = warmup_cosine(opt, steps, WARMUP)
     stream = iter(RandomWindows(data.tokens("train"), config.block_size, batch, seed=0))
-    start = time.perf_counter()
-    for _ in range(steps):
-        x, y = next(stream)
-        _, loss = model(x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-    return steps * batch * config.block_size / (time.perf_counter() - start)
+    seconds = train_steps(model, make_optimizer(model, LR), stream, steps, WARMUP)
+    return steps * batch * config.block_size / seconds
 
 
 class StepClock(pl.Callback):
@@ -69,7 +55,8 @@ class StepClock(pl.Callback):
 
 def lightning(data, config: GPTConfig, batch: int, steps: int) -> float:
     torch.manual_seed(0)
-    module = LanguageModel(config.to_dict(), data.tokenizer_path.read_text(), optimizer=optimizer_factory,
+    optimizer = functools.partial(torch.optim.AdamW, lr=LR, betas=(0.9, 0.99), weight_decay=0.1)
+    module = LanguageModel(config.to_dict(), data.tokenizer_path.read_text(), optimizer=optimizer,
                            scheduler=functools.partial(warmup_cosine, total_steps=steps, warmup_steps=WARMUP))
     clock = StepClock()
     with tempfile.TemporaryDirectory() as run_dir:

@@ -11,8 +11,6 @@ steps run, tokens/s, GFLOP/s, and the val loss on the default val split's fixed 
 from __future__ import annotations
 
 import argparse
-import math
-import time
 
 import numpy as np
 import torch
@@ -23,38 +21,19 @@ from lightning_llm.stages.common import CONF_DIR
 from lightning_llm.stages.prepare import prepared_data
 from lightning_llm.training.datamodule import FixedWindows, RandomWindows
 
+from bare_loop import make_optimizer, train_steps
+
 
 def run(data, n_layer, n_embd, block, batch, lr, position, budget, warmup=50):
     torch.manual_seed(0)
     vocab = data.meta["vocab_size"]
     model = GPT(GPTConfig(vocab_size=vocab, block_size=block, n_layer=n_layer, n_head=4, n_embd=n_embd,
                           position=position))
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    rest = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay}, {"params": rest, "weight_decay": 0.0}], lr=lr,
-                            betas=(0.9, 0.99), weight_decay=0.1)
     stream = iter(RandomWindows(data.tokens("train"), block, batch, seed=0))
-
-    def step(factor):
-        for group in opt.param_groups:
-            group["lr"] = lr * factor
-        x, y = next(stream)
-        _, loss = model(x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        return loss
-
-    start = time.perf_counter()
-    for _ in range(5):
-        step(0.0)  # timing probe at lr 0: sizes the cosine schedule to the budget
-    total = int(budget / ((time.perf_counter() - start) / 5))
-    start = time.perf_counter()
-    for i in range(total):
-        cosine = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * max(0, i - warmup) / max(1, total - warmup)))
-        step((i + 1) / warmup if i < warmup else cosine)
-    seconds = time.perf_counter() - start
+    # A timing probe at lr 0 sizes the schedule to the budget; then the real run.
+    probe = train_steps(model, make_optimizer(model, 0.0), stream, 5, warmup)
+    total = int(budget / (probe / 5))
+    seconds = train_steps(model, make_optimizer(model, lr), stream, total, warmup)
 
     model.eval()
     val = FixedWindows(data.tokens("val"), block, 256)

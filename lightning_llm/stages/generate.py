@@ -14,14 +14,16 @@ from lightning_llm.stages.common import stage, to_dataclass
 
 @dataclass
 class GenerateConfig:
+    """The checked form of conf/generate.yaml, which holds the defaults."""
+
     ckpt: str
-    prompt: str = "\n"
-    max_new_tokens: int = 200
-    temperature: float = 0.8
-    top_k: int | None = 50
-    num_samples: int = 1
-    seed: int = 1
-    device: str = "auto"
+    prompt: str
+    max_new_tokens: int
+    temperature: float
+    top_k: int | None
+    num_samples: int
+    seed: int
+    device: str
 
     def __post_init__(self):
         if self.max_new_tokens < 1 or self.num_samples < 1 or (self.top_k is not None and self.top_k < 1):

@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_llm.errors import UserError
-from lightning_llm.model import GPT, GPTConfig, flops_per_token
+from lightning_llm.model import GPTConfig, flops_per_token
 from lightning_llm.model.io import save_pretrained
 from lightning_llm.stages.common import log, stage, to_dataclass
 from lightning_llm.stages.prepare import prepared_data
@@ -33,8 +33,7 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     if on_gpu:
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "bf16-mixed" if torch.backends.cpu.get_cpu_capability() in ("AVX512", "AVX512_BF16", "AMX") and \
-        _cpu_has_bf16() else "32-true"
+    return "bf16-mixed" if _cpu_has_bf16() else "32-true"
 
 
 def _cpu_has_bf16() -> bool:
@@ -93,18 +92,6 @@ def check_run_config(cfg: DictConfig) -> None:
         raise UserError(f"ckpt_path={cfg.ckpt_path} is not a file: pass a checkpoints/*.ckpt of an earlier run")
 
 
-def check_checkpoint_matches(ckpt_path: str, model_config: GPTConfig) -> None:
-    try:
-        saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)["hyper_parameters"]["model_config"]
-    except Exception as err:
-        raise UserError(f"ckpt_path={ckpt_path} is not a lightning-llm checkpoint ({type(err).__name__})") from None
-    current = model_config.to_dict()
-    differ = {k: (saved.get(k), current[k]) for k in current if saved.get(k) != current[k]}
-    if differ:
-        detail = ", ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in differ.items())
-        raise UserError(f"ckpt_path={ckpt_path} was trained with another model config ({detail})")
-
-
 def train(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.paths.run_dir)
     cfg.ckpt_path = find_resume_checkpoint(cfg)
@@ -113,8 +100,6 @@ def train(cfg: DictConfig) -> dict:
     data = prepared_data(cfg)
     meta = data.meta
     model_config = to_dataclass(GPTConfig, cfg.model, "model", vocab_size=meta["vocab_size"])
-    if cfg.ckpt_path:
-        check_checkpoint_matches(cfg.ckpt_path, model_config)
     for split in ("train", "val"):
         if meta["splits"][split]["tokens"] <= model_config.block_size + 1:
             raise UserError(f"model.block_size={model_config.block_size} is larger than the {split} split "

@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import torch
 import lightning.pytorch as pl
+from torchmetrics import MeanMetric
 
+from lightning_llm.errors import UserError
 from lightning_llm.model import GPT, GPTConfig
+from lightning_llm.training.optim import param_groups
 
 
 class LanguageModel(pl.LightningModule):
@@ -22,9 +24,17 @@ class LanguageModel(pl.LightningModule):
         self.model = GPT(GPTConfig(**model_config))
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.bytes_per_token = bytes_per_token
+        self.val_loss = MeanMetric()
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["tokenizer_json"] = self.tokenizer_json
+
+    def on_load_checkpoint(self, checkpoint):
+        """Refuse, before any weight is copied, a checkpoint of another model shape, naming what differs."""
+        saved, current = checkpoint["hyper_parameters"]["model_config"], self.hparams.model_config
+        differ = [f"{k}: checkpoint {saved.get(k)!r} vs config {v!r}" for k, v in current.items() if saved.get(k) != v]
+        if differ:
+            raise UserError(f"the checkpoint was trained with another model config ({', '.join(differ)})")
 
     def forward(self, idx, targets=None):
         return self.model(idx, targets)
@@ -35,28 +45,20 @@ class LanguageModel(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def on_validation_epoch_start(self):
-        self._val_totals = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, token count
-
     def validation_step(self, batch, batch_idx):
         x, y = batch
         _, loss = self.model(x, y)
-        self._val_totals += torch.stack([loss.detach().double() * y.numel(),
-                                         torch.tensor(float(y.numel()), dtype=torch.float64, device=self.device)])
+        self.val_loss.update(loss.detach(), weight=y.numel())  # a token-weighted mean, synced across ranks
 
     def on_validation_epoch_end(self):
-        totals = self.all_gather(self._val_totals).reshape(-1, 2).sum(0)
-        loss = (totals[0] / totals[1]).item()
+        loss = self.val_loss.compute().item()
+        self.val_loss.reset()
         # Bits per byte divides out the tokenizer: a char model and a BPE model compare on it.
         self.log_dict({"val/loss": loss, "val/ppl": math.exp(min(loss, 50.0)),
                        "val/bpb": loss / math.log(2) / self.bytes_per_token}, prog_bar=True)
 
     def configure_optimizers(self):
-        # Weight decay on matrices only: not on biases, norms or (1-D) gains.
-        params = [p for p in self.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in params if p.dim() >= 2]},
-                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-        optimizer = self.optimizer_factory(groups)
+        optimizer = self.optimizer_factory(param_groups(self))
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import math
 
+from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
+
+
+def param_groups(model: nn.Module) -> list[dict]:
+    """Weight decay on matrices only: not on biases, norms or other 1-D gains."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if p.dim() >= 2]},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
 
 
 def warmup_cosine(optimizer: Optimizer, total_steps: int, warmup_steps: int = 100,

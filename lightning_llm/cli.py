@@ -10,6 +10,9 @@ STAGES = {
     "prepare": "read, clean and split the corpus, train the tokenizer, write token shards",
     "train": "train a GPT with Lightning (prepares data first if needed)",
     "generate": "sample a continuation of a prompt from a trained model",
+    "sweep": "search hyperparameters with Optuna: one training run per trial",
+    "eval": "evaluate a trained model: perplexity, bits per byte, baselines, generation, classification",
+    "compare": "one table of the headline metrics of several runs",
 }
 
 USAGE = "usage: llm <stage> [hydra overrides...]   (llm <stage> --help shows that stage's config)\n\nstages:\n" + \

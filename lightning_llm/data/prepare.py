@@ -1,7 +1,9 @@
 """From sources to token shards: read -> clean -> split -> train tokenizer -> write shards.
 
 The result is a folder `<cache_root>/<name>-<hash>/` holding `tokenizer.json`,
-`{train,val,test}.bin` (flat token ids, numpy memmaps), `meta.json` and `report.json`.
+`{train,val,test}.bin` (flat token ids, numpy memmaps), `documents.jsonl` (each document's
+split, metadata and token span [start, end) in its split's shard, EOT excluded),
+`meta.json` and `report.json`.
 The hash covers the data and tokenizer config and a fingerprint of the sources, so the
 same config reuses the folder and any change rebuilds it. The folder is built under a
 temporary name and renamed when complete: an interrupted run leaves nothing to reuse.
@@ -29,7 +31,7 @@ from lightning_llm.data.tokenizer import EOT, UNK, TokenizerConfig, train_tokeni
 from lightning_llm.errors import UserError
 
 log = logging.getLogger(__name__)
-PIPELINE_VERSION = 1  # bump when a step's output changes for the same config
+PIPELINE_VERSION = 2  # bump when a step's output changes for the same config
 
 
 @dataclass
@@ -147,14 +149,18 @@ def build(data: DataConfig, tok_config: TokenizerConfig, out: Path) -> None:
 
     meta = {"name": data.name, "vocab_size": vocab_size, "dtype": np.dtype(dtype).name, "eot_id": eot_id,
             "tokenizer": tok_config.kind, "splits": {}}
+    index = open(out / "documents.jsonl", "w")
     for name in SPLITS:
         n_tokens = n_bytes = n_unk = 0
         with open(out / f"{name}.bin", "wb") as f:
             for start in range(0, len(splits[name]), 16):  # encode_batch runs on all cores
-                batch = [d.text for d in splits[name][start:start + 16]]
-                for text, enc in zip(batch, tokenizer.encode_batch(batch, add_special_tokens=False)):
+                batch = splits[name][start:start + 16]
+                texts = [d.text for d in batch]
+                for doc, text, enc in zip(batch, texts, tokenizer.encode_batch(texts, add_special_tokens=False)):
                     ids = np.asarray(enc.ids + [eot_id], dtype=dtype)
                     ids.tofile(f)
+                    index.write(json.dumps({"id": doc.id, "source": doc.source, "split": name, "meta": doc.meta,
+                                            "start": n_tokens, "end": n_tokens + ids.size - 1}) + "\n")
                     n_tokens += ids.size
                     n_bytes += len(text.encode("utf-8"))
                     if unk_id is not None:
@@ -163,6 +169,7 @@ def build(data: DataConfig, tok_config: TokenizerConfig, out: Path) -> None:
                                 "bytes_per_token": round(n_bytes / max(n_tokens, 1), 4)}
         report["steps"].setdefault("tokenize", {})[name] = {"tokens": n_tokens, "bytes": n_bytes,
                                                            "unknown_rate": round(n_unk / max(n_tokens, 1), 6)}
+    index.close()
     report["steps"]["tokenize"]["vocab_size"] = vocab_size
     report["seconds"] = round(time.perf_counter() - t0, 2)
     (out / "meta.json").write_text(json.dumps(meta, indent=2))

@@ -92,7 +92,8 @@ def check_run_config(cfg: DictConfig) -> None:
         raise UserError(f"ckpt_path={cfg.ckpt_path} is not a file: pass a checkpoints/*.ckpt of an earlier run")
 
 
-def train(cfg: DictConfig) -> dict:
+def train(cfg: DictConfig, extra_callbacks: tuple[pl.Callback, ...] = ()) -> dict:
+    """Fit one run; extra_callbacks come from code, not config (a sweep's pruning callback)."""
     run_dir = Path(cfg.paths.run_dir)
     cfg.ckpt_path = find_resume_checkpoint(cfg)
     check_run_config(cfg)
@@ -109,7 +110,7 @@ def train(cfg: DictConfig) -> dict:
                            optimizer=instantiate(cfg.optim.optimizer), scheduler=instantiate(cfg.optim.scheduler),
                            bytes_per_token=meta["splits"]["val"]["bytes_per_token"])
     datamodule = TokenDataModule(data, model_config.block_size, cfg.batch_size, cfg.seed, cfg.val_windows)
-    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()] + list(extra_callbacks)
     loggers = [instantiate(lg) for lg in cfg.logger.values()]
     precision = resolve_precision(str(cfg.trainer.precision), str(cfg.trainer.accelerator))
     trainer: pl.Trainer = instantiate(cfg.trainer, precision=precision, callbacks=callbacks, logger=loggers)

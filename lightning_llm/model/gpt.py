@@ -206,6 +206,15 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None):
         """Logits for every position (training) or the last one (inference); loss when targets are given."""
+        x = self.features(idx, cache)
+        if targets is None:
+            return self.lm_head(x[:, -1:, :]), None
+        logits = self.lm_head(x)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def features(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """The final normalised hidden states (B, T, n_embd): what the LM head, or a task head, reads."""
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:
@@ -219,12 +228,7 @@ class GPT(nn.Module):
             x = block(x, rope, cache, layer)
         if cache is not None:
             cache.length += T
-        x = self.norm_f(x)
-        if targets is None:
-            return self.lm_head(x[:, -1:, :]), None
-        logits = self.lm_head(x)
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+        return self.norm_f(x)
 
     @torch.inference_mode()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,

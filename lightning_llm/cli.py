@@ -48,6 +48,29 @@ def one_line(err: Exception) -> str:
     return " ".join(lines).replace("\t", " ")
 
 
+def wandb_configured() -> bool:
+    """The user chose a W&B mode, or logged in (`wandb login` writes ~/.netrc, or an API key is set)."""
+    if os.environ.get("WANDB_MODE") or os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = os.path.expanduser("~/.netrc")
+    return os.path.isfile(netrc) and "api.wandb.ai" in open(netrc).read()
+
+
+def shared_run_dir(args: list[str]) -> list[str]:
+    """Under torchrun or SLURM every rank runs `llm` itself and would resolve its own ${now} run dir:
+    name the run dir after what all ranks share (the rendezvous id, the job id, the launcher's pid)."""
+    if any(arg.startswith("hydra.run.dir=") for arg in args):
+        return []
+    if os.environ.get("TORCHELASTIC_RUN_ID"):
+        run_id = os.environ["TORCHELASTIC_RUN_ID"]
+        shared = f"torchrun_{run_id if run_id != 'none' else os.getppid()}"
+    elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 and os.environ.get("SLURM_JOB_ID"):
+        shared = f"slurm_{os.environ['SLURM_JOB_ID']}"
+    else:
+        return []
+    return [f"hydra.run.dir=${{paths.output_root}}/${{hydra:job.name}}/${{experiment_name}}/${{now:%Y-%m-%d}}_{shared}"]
+
+
 def main() -> None:
     relaunched = os.environ.get("LLM_STAGE")
     if relaunched and (len(sys.argv) < 2 or sys.argv[1] not in STAGES):
@@ -63,8 +86,9 @@ def main() -> None:
             sys.exit(2)
         check_overrides(name, args)
     os.environ["LLM_STAGE"] = name
-    os.environ.setdefault("WANDB_MODE", "offline")  # a run never reaches the network unless the user says so
-    sys.argv = [sys.argv[0]] + args  # the real script path: Lightning relaunches DDP ranks with it
+    if not wandb_configured():
+        os.environ["WANDB_MODE"] = "offline"  # a run never reaches the network unless the user says so
+    sys.argv = [sys.argv[0]] + args + shared_run_dir(args)  # the real script path: Lightning relaunches DDP ranks with it
     importlib.import_module(f"lightning_llm.stages.{name}").main()
 
 

@@ -17,8 +17,8 @@ TINY = ["model=gpt-nano", "batch_size=16", "trainer.max_steps=30", "trainer.val_
         "optim.optimizer.lr=1e-2", "optim.scheduler.warmup_steps=5"]
 
 
-def run(args, outputs: Path, check=True):
-    env = {**os.environ, "LLM_OUTPUT_ROOT": str(outputs), "WANDB_MODE": "disabled"}
+def run(args, outputs: Path, check=True, env=None):
+    env = {**os.environ, "LLM_OUTPUT_ROOT": str(outputs), "WANDB_MODE": "disabled", **(env or {})}
     result = subprocess.run(LLM + args, capture_output=True, text=True, env=env, timeout=300)
     if check and result.returncode != 0:
         raise AssertionError(f"llm {' '.join(args)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")

@@ -13,10 +13,12 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from lightning.pytorch.loggers import WandbLogger
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from lightning_llm.errors import UserError
-from lightning_llm.model import GPTConfig, flops_per_token
+from lightning_llm.model import GPT, GPTConfig, flops_per_token
 from lightning_llm.model.io import save_pretrained
 from lightning_llm.stages.common import log, stage, to_dataclass
 from lightning_llm.stages.prepare import prepared_data
@@ -52,14 +54,19 @@ def git_commit() -> str | None:
         return None
 
 
-def write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
+def write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 
+def write_json(path: Path, payload: dict) -> None:
+    write_text(path, json.dumps(payload, indent=2, default=str))
+
+
 def find_resume_checkpoint(cfg: DictConfig) -> str | None:
-    """resume=auto: the newest checkpoints/last.ckpt among this experiment's earlier run dirs."""
+    """resume=auto: the newest last.ckpt or periodic.ckpt among this experiment's earlier run dirs."""
     if cfg.resume in (None, False):
         return cfg.ckpt_path
     if cfg.resume != "auto":
@@ -68,13 +75,41 @@ def find_resume_checkpoint(cfg: DictConfig) -> str | None:
         raise UserError("give either resume=auto or ckpt_path=..., not both")
     experiment_dir = Path(cfg.paths.output_root) / "train" / cfg.experiment_name
     this_run = Path(cfg.paths.run_dir).resolve()
-    candidates = [p for p in experiment_dir.glob("*/checkpoints/last.ckpt") if p.parents[1].resolve() != this_run]
+    candidates = [p for pattern in ("*/checkpoints/last.ckpt", "*/checkpoints/periodic.ckpt")
+                  for p in experiment_dir.glob(pattern) if p.parents[1].resolve() != this_run]
     if not candidates:
         log.info("resume=auto: no earlier checkpoint under %s, starting fresh", experiment_dir)
         return None
     newest = max(candidates, key=lambda p: p.stat().st_mtime)
     log.info("resume=auto: resuming from %s", newest)
     return str(newest)
+
+
+def continue_wandb_run(cfg: DictConfig) -> None:
+    """A resumed run logs into the W&B run it continues, found beside the checkpoint's run."""
+    if "wandb" not in cfg.logger or not cfg.ckpt_path:
+        return
+    previous = Path(cfg.ckpt_path).resolve().parents[1] / "wandb_run_id"
+    if previous.is_file():
+        with open_dict(cfg):
+            cfg.logger.wandb.id = previous.read_text().strip()
+            cfg.logger.wandb.resume = "allow"
+
+
+def accumulation_for(cfg: DictConfig, block_size: int, world_size: int) -> int:
+    """tokens_per_step fixes the optimizer's batch in tokens, whatever the devices: accumulate to reach it."""
+    if cfg.tokens_per_step is None:
+        return cfg.trainer.accumulate_grad_batches
+    per_batch = cfg.batch_size * block_size * world_size
+    if cfg.tokens_per_step % per_batch:
+        raise UserError(f"tokens_per_step={cfg.tokens_per_step} is not a multiple of batch_size x block_size x "
+                        f"devices = {per_batch}: choose a multiple, or set trainer.accumulate_grad_batches instead")
+    accumulate = cfg.tokens_per_step // per_batch
+    interval = cfg.trainer.val_check_interval
+    if isinstance(interval, int) and interval % accumulate:
+        raise UserError(f"tokens_per_step={cfg.tokens_per_step} means accumulating {accumulate} batches, and "
+                        f"trainer.val_check_interval ({interval}) counts batches: make it a multiple of {accumulate}")
+    return accumulate
 
 
 def check_run_config(cfg: DictConfig) -> None:
@@ -111,9 +146,17 @@ def train(cfg: DictConfig, extra_callbacks: tuple[pl.Callback, ...] = ()) -> dic
                            bytes_per_token=meta["splits"]["val"]["bytes_per_token"])
     datamodule = TokenDataModule(data, model_config.block_size, cfg.batch_size, cfg.seed, cfg.val_windows)
     callbacks = [instantiate(c) for c in cfg.callbacks.values()] + list(extra_callbacks)
+    continue_wandb_run(cfg)
     loggers = [instantiate(lg) for lg in cfg.logger.values()]
     precision = resolve_precision(str(cfg.trainer.precision), str(cfg.trainer.accelerator))
     trainer: pl.Trainer = instantiate(cfg.trainer, precision=precision, callbacks=callbacks, logger=loggers)
+    trainer.accumulate_grad_batches = accumulation_for(cfg, model_config.block_size, trainer.world_size)
+    if cfg.compile:
+        module.model.compile()  # in place: parameter names, so checkpoints, stay those of the plain model
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+            write_text(run_dir / "wandb_run_id", logger.experiment.id)
 
     n_params, flops = module.model.num_params(), flops_per_token(module.model)
     if trainer.is_global_zero:
@@ -126,21 +169,25 @@ def train(cfg: DictConfig, extra_callbacks: tuple[pl.Callback, ...] = ()) -> dic
     seconds = time.time() - started
     metrics = {k: round(float(v), 6) for k, v in trainer.callback_metrics.items()}
 
+    # Every rank takes part: under FSDP this gathers the shards into one full copy on the CPU.
+    weights = get_model_state_dict(module.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if trainer.is_global_zero:
         checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
         if best and checkpoint.best_model_score is not None:
             best_state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-            module.load_state_dict(best_state)
+            weights = {k.removeprefix("model."): v for k, v in best_state.items() if k.startswith("model.")}
             metrics["best_val/loss"] = round(float(checkpoint.best_model_score), 6)
-        save_pretrained(module.model.cpu(), module.tokenizer_json, run_dir / "model")
+        exported = GPT(model_config)
+        exported.load_state_dict(weights)
+        save_pretrained(exported, module.tokenizer_json, run_dir / "model")
         record = {
             "experiment": cfg.experiment_name, "run_dir": str(run_dir), "git_commit": git_commit(),
             "seed": cfg.seed, "data": {"dir": str(data.dir), "hash": data.dir.name, **meta},
             "model": {**model_config.to_dict(), "parameters": n_params, "flops_per_token": flops},
             "precision": precision, "steps": trainer.global_step, "train_seconds": round(seconds, 1),
             "tokens_seen": trainer.global_step * cfg.batch_size * model_config.block_size
-                           * cfg.trainer.accumulate_grad_batches * trainer.world_size,
+                           * trainer.accumulate_grad_batches * trainer.world_size,
             "best_checkpoint": best, "metrics": metrics,
             "versions": {p: version(p) for p in ("torch", "lightning", "hydra-core", "tokenizers", "numpy")}
                         | {"python": platform.python_version()},

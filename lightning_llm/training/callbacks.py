@@ -4,14 +4,74 @@ from __future__ import annotations
 
 import csv
 import os
+import time
 from pathlib import Path
 
 import torch
 import lightning.pytorch as pl
+from lightning.fabric.utilities.throughput import get_available_flops
 from lightning.pytorch.utilities import rank_zero_only
 from tokenizers import Tokenizer
 
 from lightning_llm.data.tokenizer import EOT
+from lightning_llm.model import flops_per_token
+
+
+def measure_matmul_peak(device: torch.device, dtype: torch.dtype, size: int = 1024, seconds: float = 0.3) -> float:
+    """FLOP/s of a square matmul on this device: the denominator of MFU where no datasheet figure is known."""
+    a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
+    a @ b
+    repeats, start = 0, time.perf_counter()
+    while repeats < 1 or time.perf_counter() - start < seconds:
+        a @ b
+        repeats += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return repeats * 2 * size**3 / (time.perf_counter() - start)
+
+
+class Throughput(pl.Callback):
+    """Logs tokens/s (all ranks) and MFU over each logging interval, counting training time only:
+    the time spent in validation and checkpointing is left out. The peak is peak_tflops when given,
+    the datasheet figure Lightning knows for a GPU, or else a matmul measured at the start."""
+
+    def __init__(self, peak_tflops: float | None = None):
+        self.peak_tflops = peak_tflops
+        self.peak_flops = self.flops_per_token = 0.0
+        self.last: float | None = None
+        self.elapsed = self.tokens = 0.0
+
+    def on_fit_start(self, trainer, pl_module):
+        self.flops_per_token = flops_per_token(pl_module.model)
+        dtype = torch.bfloat16 if "bf16" in str(trainer.precision) else torch.float32
+        device = pl_module.device
+        if self.peak_tflops:
+            self.peak_flops = self.peak_tflops * 1e12
+        else:
+            self.peak_flops = (get_available_flops(device, dtype) if device.type == "cuda" else None) \
+                or measure_matmul_peak(device, dtype)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.last is None:  # the first batch, or the first after a validation
+            self.last = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        self.elapsed += now - self.last
+        self.tokens += batch[0].numel()
+        self.last = now
+        stepped = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
+        if stepped and trainer.global_step % trainer.log_every_n_steps == 0 and self.elapsed > 0:
+            per_device = self.tokens / self.elapsed
+            pl_module.log_dict({"perf/tokens_per_s": per_device * trainer.world_size,
+                                "perf/mfu": per_device * self.flops_per_token / self.peak_flops},
+                               prog_bar=True, rank_zero_only=True)
+            self.elapsed = self.tokens = 0.0
+
+    def on_validation_start(self, trainer, pl_module):
+        self.last = None
 
 
 class LossPlot(pl.Callback):
@@ -59,21 +119,32 @@ class LossPlot(pl.Callback):
 
 
 class Samples(pl.Callback):
-    """Writes samples.md at the end of training: a few continuations of fixed prompts."""
+    """Keeps samples.md current: continuations of fixed prompts after every validation and at
+    the end, with the same seed each time, so the file shows what the model has learned since."""
 
     def __init__(self, run_dir: str, prompts: list[str], max_new_tokens: int = 300, temperature: float = 0.8,
                  top_k: int | None = 50, seed: int = 0):
         self.path = Path(run_dir) / "samples.md"
         self.prompts, self.max_new_tokens = prompts, max_new_tokens
         self.temperature, self.top_k, self.seed = temperature, top_k, seed
+        self.written_at: int | None = None
 
-    @rank_zero_only
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.write(trainer, pl_module)
+
     def on_train_end(self, trainer, pl_module):
+        if self.written_at != trainer.global_step:
+            self.write(trainer, pl_module)
+
+    def write(self, trainer, pl_module):
+        """Every rank generates (a sharded model's forward needs them all); rank zero writes."""
+        step = trainer.global_step
         tokenizer = Tokenizer.from_str(pl_module.tokenizer_json)
         model = pl_module.model
         was_training = model.training
         generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
-        lines = [f"# Samples at step {trainer.global_step}", "",
+        lines = [f"# Samples at step {step}", "",
                  f"temperature {self.temperature}, top-k {self.top_k}, {self.max_new_tokens} new tokens, seed {self.seed}", ""]
         for prompt in self.prompts:
             ids = tokenizer.encode(prompt).ids if prompt else [tokenizer.token_to_id(EOT)]
@@ -82,6 +153,8 @@ class Samples(pl.Callback):
             text = tokenizer.decode(out[0].tolist(), skip_special_tokens=False).replace(EOT, "\n\n")
             lines += [f"## Prompt: {prompt!r}", "", "```text", text.strip("\n"), "```", ""]
         model.train(was_training)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("\n".join(lines))
-        os.replace(tmp, self.path)
+        self.written_at = step
+        if trainer.is_global_zero:
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text("\n".join(lines))
+            os.replace(tmp, self.path)

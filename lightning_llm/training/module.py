@@ -6,11 +6,18 @@ import math
 from collections.abc import Callable
 
 import lightning.pytorch as pl
+import torch
+from torch.distributed.tensor import DTensor
 from torchmetrics import MeanMetric
 
 from lightning_llm.errors import UserError
 from lightning_llm.model import GPT, GPTConfig
 from lightning_llm.training.optim import param_groups
+from lightning_llm.training.parallel import shard
+
+
+class NonFiniteLoss(UserError):
+    """Raised before the backward pass, so no weight and no checkpoint ever holds a NaN."""
 
 
 class LanguageModel(pl.LightningModule):
@@ -36,14 +43,30 @@ class LanguageModel(pl.LightningModule):
         if differ:
             raise UserError(f"the checkpoint was trained with another model config ({', '.join(differ)})")
 
+    def configure_model(self):
+        if self.device_mesh is not None:  # set by the FSDP strategy (trainer=fsdp), None otherwise
+            shard(self.model, self.device_mesh["data_parallel"])
+
     def forward(self, idx, targets=None):
         return self.model(idx, targets)
 
     def training_step(self, batch, batch_idx):
         x, y = batch
         _, loss = self.model(x, y)
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at step {self.global_step}: the run stopped and its "
+                                "last checkpoint is the last good one; lower optim.optimizer.lr, raise "
+                                "optim.scheduler.warmup_steps or keep trainer.gradient_clip_val, then resume=auto")
         self.log("train/loss", loss, prog_bar=True)
         return loss
+
+    def on_before_optimizer_step(self, optimizer):
+        # Before clipping, when a step is logged: the norm tells whether clipping is doing the work.
+        if self.global_step % self.trainer.log_every_n_steps == 0:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
+            if isinstance(norm, DTensor):  # sharded under FSDP: every rank holds a part of the sum
+                norm = norm.full_tensor()
+            self.log("train/grad_norm", norm)
 
     def validation_step(self, batch, batch_idx):
         x, y = batch

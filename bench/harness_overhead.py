@@ -1,7 +1,9 @@
 """Lightning training loop against a bare PyTorch loop: same model, data, batch, precision,
 optimizer and schedule; runs interleaved A B A B and reports medians of tokens/s.
 
-    .venv/bin/python bench/harness_overhead.py [--steps 200] [--repeats 3]
+    .venv/bin/python bench/harness_overhead.py [--steps 200] [--repeats 3] [config overrides...]
+    .venv/bin/python bench/harness_overhead.py --steps 12 model.n_layer=6 model.n_head=6 \
+        model.n_embd=384 model.block_size=256 batch_size=16      # nanoGPT's Shakespeare shape
 
 The Lightning side is our LanguageModel and TokenDataModule with the default
 experiment's logging (CSV logger, train loss every step, LR monitor) and no progress bar
@@ -73,9 +75,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("overrides", nargs="*", help="train config overrides, e.g. model.n_layer=6")
     args = parser.parse_args()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3", job_name="bench"):
-        cfg = compose(config_name="train")
+        cfg = compose(config_name="train", overrides=args.overrides)
     data = prepared_data(cfg)
     config = to_dataclass(GPTConfig, cfg.model, "model", vocab_size=data.meta["vocab_size"])
     results = {"bare PyTorch": [], "Lightning": []}
@@ -83,7 +86,7 @@ if __name__ == "__main__":
         results["bare PyTorch"].append(bare(data, config, cfg.batch_size, args.steps))
         results["Lightning"].append(lightning(data, config, cfg.batch_size, args.steps))
     medians = {name: statistics.median(v) for name, v in results.items()}
-    print(f"model gpt-micro ({config.n_layer}x{config.n_embd}, block {config.block_size}), batch {cfg.batch_size}, "
+    print(f"model {config.n_layer}x{config.n_embd}, block {config.block_size}, batch {cfg.batch_size}, "
           f"fp32, {args.steps} steps x {args.repeats} interleaved runs, torch {torch.__version__}")
     for name, value in medians.items():
         runs = ", ".join(f"{v:,.0f}" for v in results[name])

@@ -1,0 +1,9 @@
+"""Evaluation of trained models: language-model metrics, an n-gram baseline, generation
+scores, genre classification by fine-tuning, a samples pack, a report, and run comparison.
+Plain PyTorch and numpy: no Lightning, no Hydra."""
+
+from lightning_llm.evaluation.compare import compare
+from lightning_llm.evaluation.evaluate import TASKS, EvalConfig, evaluate
+from lightning_llm.evaluation.ngram import KneserNey
+
+__all__ = ["TASKS", "EvalConfig", "KneserNey", "compare", "evaluate"]

@@ -1,0 +1,72 @@
+"""Language-model metrics on a token stream: loss, perplexity, token accuracy, bits per byte.
+
+Both the transformer and the n-gram baseline score the same targets (every token of the
+stream after the first), so their numbers sit side by side. Bits per byte is the total
+loss in bits over the UTF-8 bytes of the scored text: it does not depend on the
+tokenizer, so a char model and a BPE model compare on it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+from tqdm.auto import tqdm
+
+from lightning_llm.model import GPT
+
+
+def utf8_bytes(tokenizer: Tokenizer, ids: np.ndarray) -> int:
+    """Bytes of the text `ids` spell; special tokens (document separators, unknowns) spell none."""
+    return len(tokenizer.decode(np.asarray(ids).tolist(), skip_special_tokens=True).encode("utf-8"))
+
+
+def lm_metrics(nats: np.ndarray, n_bytes: int, correct: np.ndarray | None = None) -> dict:
+    """nats: -ln p of each scored target; n_bytes: the UTF-8 bytes of those targets' text."""
+    loss = float(np.mean(nats))
+    metrics = {"loss": loss, "ppl": math.exp(min(loss, 700.0)), "bpb": float(np.sum(nats)) / math.log(2) / n_bytes,
+               "tokens": int(len(nats)), "bytes": int(n_bytes)}
+    if correct is not None:
+        metrics["acc"] = float(np.mean(correct))
+    return metrics
+
+
+def window_starts(n_targets: int, window: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """Windows of `window` targets every `stride` (the last one flush with the end), and the
+    offset in each from which its targets are new: each target is scored exactly once."""
+    starts = np.arange(0, n_targets - window + 1, stride)
+    if starts[-1] + window < n_targets:
+        starts = np.append(starts, n_targets - window)
+    already_scored = np.concatenate(([0], starts[:-1] + window))
+    return starts, np.maximum(already_scored - starts, 0)
+
+
+@torch.no_grad()
+def score_tokens(model: GPT, tokens: np.ndarray, stride: int | None = None, batch_size: int = 32,
+                 device: str = "cpu", desc: str = "scoring") -> tuple[np.ndarray, np.ndarray]:
+    """-ln p and argmax hit of every target tokens[1:], each predicted from the tokens before it
+    in its window of block_size. With stride < block_size the windows overlap and every target
+    after the first window sees at least block_size - stride tokens of context; the default
+    (stride = block_size) is the non-overlapping windows of training's validation."""
+    model.eval()
+    n_targets = len(tokens) - 1
+    window = min(model.config.block_size, n_targets)
+    stride = min(stride or window, window)
+    starts, first_new = window_starts(n_targets, window, stride)
+    offsets = np.arange(window + 1)
+    nats = np.empty(n_targets, dtype=np.float64)
+    correct = np.empty(n_targets, dtype=bool)
+    for i in tqdm(range(0, len(starts), batch_size), desc=desc, leave=False):
+        batch_starts = starts[i:i + batch_size]
+        rows = torch.from_numpy(np.asarray(tokens[batch_starts[:, None] + offsets], dtype=np.int64)).to(device)
+        logits, _ = model(rows[:, :-1], rows[:, 1:])
+        targets = rows[:, 1:]
+        loss = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none").cpu().numpy()
+        hits = (logits.argmax(dim=-1) == targets).cpu().numpy()
+        for row, (start, skip) in enumerate(zip(batch_starts, first_new[i:i + batch_size])):
+            nats[start + skip:start + window] = loss[row, skip:]
+            correct[start + skip:start + window] = hits[row, skip:]
+    return nats, correct

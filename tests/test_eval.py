@@ -1,0 +1,269 @@
+"""Evaluation: the metrics on toys with known answers, then `llm eval` and `llm compare` end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import compose_config
+
+from lightning_llm.data.tokenizer import EOT, TokenizerConfig, train_tokenizer
+from lightning_llm.errors import UserError
+from lightning_llm.evaluation import EvalConfig, KneserNey, evaluate
+from lightning_llm.evaluation.classify import classification_metrics, confusion_matrix
+from lightning_llm.evaluation.generation import continuation_scores, distinct_n
+from lightning_llm.evaluation.lm import lm_metrics, score_tokens, utf8_bytes, window_starts
+from lightning_llm.evaluation.report import record_in_run
+from lightning_llm.model import GPT, GPTConfig
+from lightning_llm.stages.eval import eval_config as checked_config
+
+LLM = [sys.executable, "-m", "lightning_llm.cli"]
+TINY_TRAIN = ["model=gpt-nano", "batch_size=16", "trainer.max_steps=30", "trainer.val_check_interval=15",
+              "val_windows=16", "callbacks.samples.max_new_tokens=20", "optim.optimizer.lr=1e-2",
+              "optim.scheduler.warmup_steps=5"]
+# Every task, sized to take seconds: the first 20k tokens of each split, a trigram baseline,
+# 6 continuations of 24+16 tokens, 30 fine-tuning steps per classifier, short samples.
+TINY_EVAL = ["lm.max_tokens=20000", "lm.stride=16", "ngram.order=3", "generation.passages=6",
+             "generation.prompt_tokens=24", "generation.new_tokens=16", "classify.steps=30", "classify.batch_size=16",
+             "classify.max_eval_passages=200", "samples.new_tokens=20", "samples.temperatures=[0.5,1.0]"]
+
+
+def eval_config(overrides: list[str]) -> EvalConfig:
+    return checked_config(compose_config("eval", overrides))
+
+
+def run_llm(args):
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    result = subprocess.run(LLM + args, capture_output=True, text=True, env=env, timeout=300)
+    if result.returncode != 0:
+        raise AssertionError(f"llm {' '.join(args)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+# ---- language-model metrics -------------------------------------------------------------
+
+def test_perplexity_is_exp_of_the_loss_the_model_itself_computes():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=16)).eval()
+    tokens = np.random.default_rng(0).integers(0, 11, size=8 * 5 + 1)
+    nats, correct = score_tokens(model, tokens, batch_size=2)
+    windows = torch.from_numpy(tokens[:-1].reshape(5, 8)), torch.from_numpy(tokens[1:].reshape(5, 8))
+    with torch.no_grad():
+        logits, loss = model(*windows)
+    metrics = lm_metrics(nats, n_bytes=40, correct=correct)
+    assert metrics["loss"] == pytest.approx(loss.item(), rel=1e-5)
+    assert metrics["ppl"] == pytest.approx(math.exp(loss.item()), rel=1e-5)
+    assert metrics["acc"] == pytest.approx((logits.argmax(-1) == windows[1]).float().mean().item())
+
+    for p in model.parameters():  # every logit zero: the uniform distribution, perplexity = vocabulary
+        torch.nn.init.zeros_(p)
+    nats, _ = score_tokens(model, tokens)
+    assert lm_metrics(nats, 40)["ppl"] == pytest.approx(11.0)
+
+
+def test_overlapping_windows_score_every_target_exactly_once():
+    for n_targets, window, stride in [(100, 8, 8), (100, 8, 3), (9, 8, 8), (8, 8, 2), (57, 16, 5)]:
+        starts, skip = window_starts(n_targets, window, stride)
+        covered = np.concatenate([np.arange(s + k, s + window) for s, k in zip(starts, skip)])
+        assert np.array_equal(covered, np.arange(n_targets)), (n_targets, window, stride)
+        assert all(k == 0 or k >= window - stride for k in skip[1:-1])  # at least window - stride of context
+
+
+def test_bits_per_byte_for_a_char_tokenizer_is_bits_per_char_times_chars_per_byte():
+    text = "naïve café — señor, l'été. " * 20  # accented letters and a dash take 2 and 3 bytes
+    tokenizer = train_tokenizer(TokenizerConfig(kind="char"), [text])
+    tokens = np.array(tokenizer.encode(text).ids)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tokenizer.get_vocab_size(), block_size=16, n_layer=1, n_head=1, n_embd=8))
+    nats, _ = score_tokens(model, tokens)
+    scored_text = text[1:]
+    metrics = lm_metrics(nats, utf8_bytes(tokenizer, tokens[1:]))
+    chars_per_byte = len(scored_text) / len(scored_text.encode("utf-8"))
+    assert chars_per_byte < 0.95
+    assert metrics["bpb"] == pytest.approx(metrics["loss"] / math.log(2) * chars_per_byte, rel=1e-9)
+    eot = tokenizer.token_to_id(EOT)
+    assert utf8_bytes(tokenizer, np.array([eot, *tokens[:3], eot])) == len(text[:3].encode())  # separators: no bytes
+
+
+# ---- the n-gram baseline ----------------------------------------------------------------
+
+def test_kneser_ney_matches_the_hand_computed_bigram():
+    """Corpus 0 1 0 1 0 2: bigram counts (0,1)=2 (1,0)=2 (0,2)=1 give D1 = 0.2 and D2 = D3 = Y = 0.2;
+    every token has one left neighbour, so the unigram level is uniform (1/3). After 0:
+    P(1) = (2 - 0.2)/3 + (0.2 + 0.2)/3 * 1/3, P(2) = (1 - 0.2)/3 + 0.4/9, P(0) = 0.4/9."""
+    model = KneserNey(order=2, vocab_size=3).fit(np.array([0, 1, 0, 1, 0, 2]))
+    expected = np.array([0.4 / 9, 1.8 / 3 + 0.4 / 9, 0.8 / 3 + 0.4 / 9])
+    assert model.next_token_probs(np.array([[2, 0]]))[0] == pytest.approx(expected)
+    assert model.nats(np.array([0, 1])) == pytest.approx([-math.log(expected[1])])
+
+
+def test_kneser_ney_is_a_distribution_and_beats_a_unigram_on_structured_text():
+    rng = np.random.default_rng(0)
+    words = [[1, 2, 3], [4, 5], [6, 7, 8, 9], [2, 5, 7]]
+    tokens = np.concatenate([words[i] + [0] for i in rng.integers(0, len(words), size=3000)])
+    noise = rng.random(len(tokens)) < 0.05
+    tokens[noise] = rng.integers(0, 12, size=noise.sum())  # 10 and 11 appear only as noise
+    train, test = tokens[:8000], tokens[8000:]
+    bits = {order: KneserNey(order, vocab_size=13).fit(train).nats(test).mean() / math.log(2) for order in (1, 2, 3, 4)}
+    assert bits[3] < bits[2] < bits[1] - 1.0  # structure the unigram cannot see
+    assert bits[4] < bits[1] - 1.0
+
+    model = KneserNey(4, vocab_size=13).fit(train)
+    contexts = rng.integers(0, 13, size=(50, 5))  # 12 never occurs: unseen contexts back off
+    probs = model.next_token_probs(contexts)
+    assert probs.shape == (50, 13) and (probs > 0).all()
+    assert probs.sum(axis=1) == pytest.approx(np.ones(50))
+    sampled = model.generate(contexts[:4, :3], 20, temperature=1.0, top_k=3, rng=np.random.default_rng(1))
+    assert sampled.shape == (4, 23) and np.array_equal(sampled[:, :3], contexts[:4, :3])
+
+
+# ---- generation scores and classification metrics ---------------------------------------
+
+def test_a_perfect_continuation_scores_maximal_bleu_and_rouge():
+    truth = ["Now is the winter of our discontent", "made glorious summer by this sun of York"]
+    perfect = continuation_scores(truth, truth)
+    assert perfect["bleu"] == pytest.approx(100.0) and perfect["rougeL"] == pytest.approx(1.0)
+    other = continuation_scores(["Now is the summer of my content", "and all the clouds"], truth)
+    assert other["bleu"] < 50 and other["rougeL"] < 1.0
+    assert distinct_n(["a a a b"], 1) == 0.5 and distinct_n(["a a a b"], 2) == pytest.approx(2 / 3)
+
+
+def test_precision_recall_f1_on_a_toy_confusion_matrix():
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2, 2])
+    preds = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 0])
+    matrix = confusion_matrix(labels, preds, 3)
+    assert matrix.tolist() == [[3, 1, 0], [0, 2, 1], [1, 0, 2]]
+    metrics = classification_metrics(matrix, ["a", "b", "c"])
+    a = metrics["per_class"]["a"]  # precision 3/4, recall 3/4
+    assert (a["precision"], a["recall"], a["f1"]) == pytest.approx((0.75, 0.75, 0.75))
+    c = metrics["per_class"]["c"]  # precision 2/3, recall 2/3
+    assert c["f1"] == pytest.approx(2 / 3)
+    assert metrics["accuracy"] == pytest.approx(0.7)
+    from torchmetrics.functional.classification import multiclass_f1_score, multiclass_precision
+    as_tensors = torch.from_numpy(preds), torch.from_numpy(labels)
+    assert metrics["macro"]["f1"] == pytest.approx(multiclass_f1_score(*as_tensors, 3, average="macro").item())
+    assert metrics["macro"]["precision"] == pytest.approx(multiclass_precision(*as_tensors, 3, average="macro").item())
+
+    # A class absent from the split (no support): no recall or F1, left out of the macro
+    # average, while a passage wrongly given that class still costs its precision.
+    absent = classification_metrics(confusion_matrix(np.array([0, 0, 1, 1]), np.array([0, 2, 1, 1]), 3),
+                                     ["a", "b", "poem"])
+    assert absent["per_class"]["poem"] == {"precision": 0.0, "recall": None, "f1": None, "support": 0, "predicted": 1}
+    assert absent["classes_in_macro"] == ["a", "b"]
+    assert absent["macro"]["recall"] == pytest.approx((0.5 + 1.0) / 2)
+
+
+# ---- llm eval and llm compare end to end ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, cache_root, prepared):
+    from lightning_llm.stages.train import train
+
+    run_dir = tmp_path_factory.mktemp("eval-run")
+    train(compose_config("train", [*TINY_TRAIN, f"paths.run_dir={run_dir}", f"paths.data_cache={cache_root}"]))
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained_run):
+    result = run_llm(["eval", f"ckpt={trained_run}", *TINY_EVAL])
+    return trained_run, result
+
+
+def test_llm_eval_writes_every_file_and_prints_the_headline(evaluated, prepared):
+    run_dir, result = evaluated
+    out = run_dir / "eval"
+    for name in ("report.md", "metrics.json", "samples.md", "confusion_val.png", "confusion_test.png"):
+        assert (out / name).exists(), name
+    assert (out / "confusion_test.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics = json.loads((out / "metrics.json").read_text())
+    for split in ("val", "test"):
+        lm, ngram = metrics["lm"]["splits"][split], metrics["ngram"]["splits"][split]
+        assert lm["tokens"] == ngram["tokens"] == 19999 and lm["bytes"] == ngram["bytes"]
+        assert lm["ppl"] == pytest.approx(math.exp(lm["loss"]))
+        assert 0 < ngram["bpb"] < math.log2(prepared.meta["vocab_size"]) and 0 < lm["bpb"] < 10
+    gen = metrics["generation"]
+    assert gen["passages"] == 6 and 0 <= gen["transformer"]["bleu"] <= 100 and 0 <= gen["ngram"]["rougeL"] <= 1
+    cls = metrics["classify"]
+    assert cls["classes"] == sorted({"comedy", "history", "poem", "tragedy"})
+    for init in ("pretrained", "scratch"):
+        for split in ("val", "test"):
+            split_metrics = cls[init][split]
+            assert sum(map(sum, split_metrics["confusion"])) == sum(cls["data"][split]["passages"].values()) <= 200
+            assert 0 <= split_metrics["macro"]["f1"] <= 1
+    assert metrics["headline"]["test/bpb"] == metrics["lm"]["splits"]["test"]["bpb"]
+    assert json.loads((run_dir / "run.json").read_text())["eval"]["metrics"] == metrics["headline"]
+
+    report = (out / "report.md").read_text()
+    for heading in ("## Headline", "## Language modelling", "## Generation against held-out text",
+                    "## Genre classification by fine-tuning", "](confusion_test.png)", "(samples.md)"):
+        assert heading in report, heading
+    samples = (out / "samples.md").read_text()
+    assert samples.count("### transformer, temperature") == 2 * 4 and "3-gram Kneser-Ney baseline" in samples
+    assert "test bits per byte" in result.stdout and "macro F1" in result.stdout
+
+
+def test_llm_compare_prints_and_writes_one_table(evaluated, tmp_path):
+    run_dir, _ = evaluated
+    out = tmp_path / "compare.md"
+    result = run_llm(["compare", f"runs=[{run_dir},{run_dir}/eval]", f"out={out}"])
+    rows = [line for line in result.stdout.splitlines() if line.startswith("|")]
+    assert len(rows) == 2 + 2 and "test bpb" in rows[0] and "F1 pretrained" in rows[0]
+    headline = json.loads((run_dir / "eval" / "metrics.json").read_text())["headline"]
+    assert f"{headline['test/bpb']:.4f}" in rows[2]
+    assert out.read_text().count("\n|") == 4
+
+
+def test_eval_metrics_reach_the_runs_wandb_summary(tmp_path, monkeypatch):
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = wandb.init(project="eval-test", dir=str(tmp_path))
+    run.finish()
+    logger = {"_target_": "lightning.pytorch.loggers.WandbLogger", "project": "eval-test", "save_dir": str(tmp_path)}
+    (tmp_path / "run.json").write_text(json.dumps({"overrides": {"logger": {"wandb": logger}}}))
+    record_in_run(tmp_path, {"test/bpb": 2.5}, tmp_path / "eval")
+    resumed = [p for p in (tmp_path / "wandb").glob(f"offline-run-*-{run.id}") if b"eval/test/bpb" in
+               (p / f"run-{run.id}.wandb").read_bytes()]
+    assert len(resumed) == 1  # the same W&B run id, now with the eval metrics in its summary
+    assert json.loads((tmp_path / "run.json").read_text())["eval"]["metrics"] == {"test/bpb": 2.5}
+
+
+# ---- bad input: one clear line ----------------------------------------------------------
+
+def test_a_checkpoint_without_tokenizer_or_data_reference_is_refused(trained_run, tmp_path):
+    bare = tmp_path / "bare"
+    shutil.copytree(trained_run / "model", bare)
+    with pytest.raises(UserError, match="no data reference"):
+        evaluate(eval_config([f"ckpt={bare}", "tasks=[lm]"]))
+    (bare / "tokenizer.json").unlink()
+    with pytest.raises(UserError, match="has no tokenizer.json"):
+        evaluate(eval_config([f"ckpt={bare}", "tasks=[lm]"]))
+    state = torch.load(trained_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    del state["tokenizer_json"]
+    torch.save(state, tmp_path / "no_tokenizer.ckpt")
+    with pytest.raises(UserError, match="holds no tokenizer"):
+        evaluate(eval_config([f"ckpt={tmp_path / 'no_tokenizer.ckpt'}", "tasks=[lm]"]))
+
+
+def test_a_test_split_too_small_for_the_passages_is_refused(trained_run, tmp_path):
+    config = eval_config([f"ckpt={trained_run}", f"out_dir={tmp_path}", "tasks=[lm,generation]",
+                          "generation.passages=1000000", "generation.prompt_tokens=64"])
+    with pytest.raises(UserError, match=r"the test split holds only \d+ passages of 64\+64 tokens, fewer than "
+                                        r"generation.passages=1000000"):
+        evaluate(config)
+    assert not (tmp_path / "metrics.json").exists()  # refused before any work
+
+
+def test_an_unknown_task_is_refused_before_any_work():
+    with pytest.raises(UserError, match=r"unknown task\(s\) \['bleu'\]; tasks are lm, ngram, generation, classify, "
+                                        r"samples"):
+        eval_config(["ckpt=outputs/no_such_run", "tasks=[lm,bleu]"])

@@ -7,8 +7,9 @@ TORCH_INDEX ?=
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: setup train test clean
+.PHONY: setup train test bench clean
 
 setup: $(STAMP)
 
@@ -25,6 +26,18 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest
+
+# The benchmarks compare against HF transformers: the `bench` extra. See bench/README.md.
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python bench/matmul_peak.py
+	$(BIN)/python bench/train_step.py
+	$(BIN)/python bench/generate.py
+	$(BIN)/python bench/harness_overhead.py
+	if [ -f bench/data_prep.py ]; then $(BIN)/python bench/data_prep.py default; fi
 
 clean:
 	rm -rf $(VENV) outputs wandb

@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 class Document:
     id: str
     text: str
-    source: str
-    meta: dict = field(default_factory=dict)
+    source: str  # the name of the source it came from (a corpus, or a source of a mixture)
+    meta: dict = field(default_factory=dict)  # labels usable as a group or stratum: genre, work, dir...
+    origin: str = ""  # where it was read: a file, file:line or dataset[row]
 
-    def key(self, name: str) -> str:
-        """A grouping or stratification value: `source`, `id`, or a metadata field."""
+    def key(self, name: str) -> str | None:
+        """A grouping or stratification value: `source`, `id`, or a metadata field (None when absent)."""
         if name in ("source", "id"):
             return getattr(self, name)
-        if name not in self.meta:
-            raise KeyError(f"document {self.id!r} has no metadata field {name!r} (has: {', '.join(sorted(self.meta))})")
-        return str(self.meta[name])
+        value = self.meta.get(name)
+        return None if value is None else str(value)

@@ -1,9 +1,17 @@
-"""From sources to token shards: read -> clean -> split -> train tokenizer -> write shards.
+"""From sources to token shards: read -> clean -> dedup -> split -> tokenizer -> shards -> report.
 
 The result is a folder `<cache_root>/<name>-<hash>/` holding `tokenizer.json`,
-`{train,val,test}.bin` (flat token ids, numpy memmaps), `documents.jsonl` (each document's
-split, metadata and token span [start, end) in its split's shard, EOT excluded),
-`meta.json` and `report.json`.
+`{train,val,test}.bin` (flat token ids, numpy memmaps; each document followed by one
+`<|endoftext|>`), `documents.jsonl` (each document's split, metadata and token span
+[start, end) in its split's shard, separator excluded), `meta.json`, `report.json`, and
+the data card `report.md` with `lengths.png`.
+
+Memory stays bounded by a buffer, not by the corpus: documents stream from the sources
+through worker processes (cleaning, hashing, MinHash), and the kept texts go to a spool
+file in the build folder. What stays in memory per document is small: its id, metadata,
+MinHash signature and a capped sample of n-gram hashes. The spool is then read twice:
+once to train the tokenizer on the train split, once to write the shards.
+
 The hash covers the data and tokenizer config and a fingerprint of the sources, so the
 same config reuses the folder and any change rebuilds it. The folder is built under a
 temporary name and renamed when complete: an interrupted run leaves nothing to reuse.
@@ -12,64 +20,70 @@ temporary name and renamed when complete: an interrupted run leaves nothing to r
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
+import multiprocessing
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
-from lightning_llm.data import clean, shakespeare
+from lightning_llm.data import clean, ngrams
+from lightning_llm.data.clean import CleanConfig
+from lightning_llm.data.dedup import DedupConfig, NearDuplicates, Signer, components, exact_key
 from lightning_llm.data.documents import Document
-from lightning_llm.data.split import SPLITS, split_documents
-from lightning_llm.data.tokenizer import EOT, UNK, TokenizerConfig, train_tokenizer
+from lightning_llm.data.leakage import LeakageConfig, NgramSample
+from lightning_llm.data.report import write_report
+from lightning_llm.data.sources import SourceConfig, Skipped, fingerprint, input_bytes, read_source
+from lightning_llm.data.split import SPLITS, SplitConfig, assign_splits, copies, group_pairs
+from lightning_llm.data.tokenizer import EOT, UNK, ShardEncoder, TokenizerConfig, train_tokenizer
 from lightning_llm.errors import UserError
 
 log = logging.getLogger(__name__)
-PIPELINE_VERSION = 2  # bump when a step's output changes for the same config
+PIPELINE_VERSION = 3  # bump when a step's output changes for the same config
+_BATCH_BYTES = 1 << 19  # documents per worker task, by size
+_ENCODE_BYTES = 1 << 22  # text per tokenizer batch
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 @dataclass
-class CleanConfig:
-    strip_gutenberg: bool = True
-    unicode_form: str = "NFC"  # NFC | NFKC | NFD | NFKD
+class DataConfig(SourceConfig):
+    """A corpus: its primary source's keys (see SourceConfig), more sources under `mix`, and the
+    steps' settings."""
 
-    def __post_init__(self):
-        if self.unicode_form not in ("NFC", "NFKC", "NFD", "NFKD"):
-            raise ValueError(f"clean.unicode_form must be NFC, NFKC, NFD or NFKD, got {self.unicode_form!r}")
-
-
-@dataclass
-class SplitConfig:
-    val: float = 0.1
-    test: float = 0.1
-    seed: int = 1337
-    group_by: str = "work"  # documents sharing this key land in one split
-    stratify_by: str | None = "genre"  # each split keeps the corpus's mix of this key
-
-    def __post_init__(self):
-        if not (0 <= self.val < 1 and 0 <= self.test < 1 and self.val + self.test < 1):
-            raise ValueError(f"split.val ({self.val}) and split.test ({self.test}) must be in [0, 1) and sum below 1")
-
-
-@dataclass
-class DataConfig:
-    name: str = "shakespeare"
-    source: str = "shakespeare"
-    editions: list[str] = field(default_factory=lambda: ["gutenberg", "folio"])
+    name: str = "shakespeare"  # names the prepared folder and the primary source
+    mix: dict[str, SourceConfig] = field(default_factory=dict)  # more sources: name -> source
     clean: CleanConfig = field(default_factory=CleanConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
+    leakage: LeakageConfig = field(default_factory=LeakageConfig)
+    workers: int = 0  # processes for cleaning and hashing (0: one per core); not part of the cache key
 
     def __post_init__(self):
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name):
-            raise ValueError(f"data.name {self.name!r} must be letters, digits, '_', '.' or '-' (it names a folder)")
-        if self.source != "shakespeare":
-            raise ValueError(f"data.source {self.source!r} is not known: the built-in source is 'shakespeare'")
+        super().__post_init__()
+        for name in (self.name, *self.mix):
+            if not _NAME.fullmatch(name):
+                raise ValueError(f"data: name {name!r} must be letters, digits, '_', '.' or '-' "
+                                 "(it names a folder or a source)")
+        if self.name in self.mix:
+            raise ValueError(f"data.mix.{self.name} has the name of the primary source: rename it")
+        if self.workers < 0:
+            raise ValueError(f"data.workers must be 0 (one per core) or more, got {self.workers}")
+
+    def sources(self) -> dict[str, SourceConfig]:
+        primary = SourceConfig(**{f.name: getattr(self, f.name) for f in fields(SourceConfig)})
+        return {self.name: primary, **self.mix}
 
 
 @dataclass
@@ -91,11 +105,11 @@ class PreparedData:
 
 
 def cache_key(data: DataConfig, tokenizer: TokenizerConfig) -> str:
-    # A char vocabulary is whatever the train split holds: its other knobs must not split the cache.
-    tok = {"kind": "char"} if tokenizer.kind == "char" else asdict(tokenizer)
-    payload = {"version": PIPELINE_VERSION, "data": asdict(data), "tokenizer": tok,
-               "sources": shakespeare.fingerprint(data.editions)}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+    config = asdict(data)
+    del config["workers"]
+    payload = {"version": PIPELINE_VERSION, "data": config, "tokenizer": tokenizer.identity(),
+               "sources": {name: fingerprint(source) for name, source in data.sources().items()}}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def prepare(data: DataConfig, tokenizer: TokenizerConfig, cache_root: str | Path) -> PreparedData:
@@ -106,6 +120,7 @@ def prepare(data: DataConfig, tokenizer: TokenizerConfig, cache_root: str | Path
         log.info("prepared data: reusing %s", target)
         return PreparedData(target)
     cache_root.mkdir(parents=True, exist_ok=True)
+    log.info("prepared data: building %s", target)
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=cache_root))
     try:
         build(data, tokenizer, work)
@@ -116,95 +131,435 @@ def prepare(data: DataConfig, tokenizer: TokenizerConfig, cache_root: str | Path
                 raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    log.info("prepared data: wrote %s", target)
+    log.info("prepared data: wrote %s (data card: report.md)", target)
     return PreparedData(target)
 
 
-def build(data: DataConfig, tok_config: TokenizerConfig, out: Path) -> None:
-    report: dict = {"config": {"data": asdict(data), "tokenizer": asdict(tok_config)}, "steps": {}}
-    t0 = time.perf_counter()
-    docs = list(shakespeare.read_shakespeare(data.editions))
-    report["steps"]["read"] = {"documents": len(docs), "chars": sum(len(d.text) for d in docs)}
-
-    docs = clean_documents(docs, data.clean, report["steps"])
-    if not docs:
-        raise UserError(f"no documents left after cleaning data '{data.name}': check the source and the clean options")
-
-    try:
-        splits = split_documents(docs, data.split.val, data.split.test, data.split.seed,
-                                 data.split.group_by, data.split.stratify_by)
-    except KeyError as err:
-        raise UserError(f"data.split: {err.args[0]}") from None
-    report["steps"]["split"] = {name: split_summary(split_docs, data.split) for name, split_docs in splits.items()}
-    for name in SPLITS:
-        if not splits[name] and (name == "train" or getattr(data.split, name) > 0):
-            raise UserError(f"the {name} split is empty: the corpus has too few groups for "
-                            f"val={data.split.val} test={data.split.test}")
-
-    tokenizer = train_tokenizer(tok_config, (d.text for d in splits["train"]))
-    tokenizer.save(str(out / "tokenizer.json"))
-    vocab_size = tokenizer.get_vocab_size()
-    dtype = np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
-    eot_id, unk_id = tokenizer.token_to_id(EOT), tokenizer.token_to_id(UNK)
-
-    meta = {"name": data.name, "vocab_size": vocab_size, "dtype": np.dtype(dtype).name, "eot_id": eot_id,
-            "tokenizer": tok_config.kind, "splits": {}}
-    index = open(out / "documents.jsonl", "w")
-    for name in SPLITS:
-        n_tokens = n_bytes = n_unk = 0
-        with open(out / f"{name}.bin", "wb") as f:
-            for start in range(0, len(splits[name]), 16):  # encode_batch runs on all cores
-                batch = splits[name][start:start + 16]
-                texts = [d.text for d in batch]
-                for doc, text, enc in zip(batch, texts, tokenizer.encode_batch(texts, add_special_tokens=False)):
-                    ids = np.asarray(enc.ids + [eot_id], dtype=dtype)
-                    ids.tofile(f)
-                    index.write(json.dumps({"id": doc.id, "source": doc.source, "split": name, "meta": doc.meta,
-                                            "start": n_tokens, "end": n_tokens + ids.size - 1}) + "\n")
-                    n_tokens += ids.size
-                    n_bytes += len(text.encode("utf-8"))
-                    if unk_id is not None:
-                        n_unk += int((ids == unk_id).sum())
-        meta["splits"][name] = {"tokens": n_tokens, "bytes": n_bytes, "documents": len(splits[name]),
-                                "bytes_per_token": round(n_bytes / max(n_tokens, 1), 4)}
-        report["steps"].setdefault("tokenize", {})[name] = {"tokens": n_tokens, "bytes": n_bytes,
-                                                           "unknown_rate": round(n_unk / max(n_tokens, 1), 6)}
-    index.close()
-    report["steps"]["tokenize"]["vocab_size"] = vocab_size
-    report["seconds"] = round(time.perf_counter() - t0, 2)
-    (out / "meta.json").write_text(json.dumps(meta, indent=2))
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+# ---------------------------------------------------------------- step 1: read, clean, dedup
 
 
-def clean_documents(docs: list[Document], config: CleanConfig, steps: dict) -> list[Document]:
-    changed = {"strip_gutenberg": 0, "normalize": 0}
-    removed_chars = {"strip_gutenberg": 0, "normalize": 0}
-    kept, dropped_empty = [], []
+@dataclass
+class Outcome:
+    """What a worker learned about one document."""
+
+    doc: Document  # with the cleaned text
+    raw_bytes: int
+    changes: dict[str, int]  # transform -> characters removed
+    failed: tuple[str, float] | None  # the filter it failed, and the value
+    exact: bytes | None = None
+    signature: np.ndarray | None = None
+    ngrams: np.ndarray | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class DocumentProcessor:
+    """The per-document work that runs in the worker processes: clean, filter, hash."""
+
+    def __init__(self, data: DataConfig):
+        self.clean_config, self.exact = data.clean, data.dedup.exact
+        self.near = data.dedup.near if data.dedup.near.enabled else None
+        self.signer = Signer(self.near.num_perm, self.near.seed) if self.near else None
+        self.leakage_ngram = data.leakage.ngram if data.leakage.enabled else None
+
+    def __call__(self, batch: list[Document]) -> list[Outcome]:
+        return [self.process(doc) for doc in batch]
+
+    def process(self, doc: Document) -> Outcome:
+        clock = Clock()
+        raw_bytes = len(doc.text.encode("utf-8"))
+        text, changes = clean.transform(doc.text, self.clean_config)
+        failed = clean.failed_filter(text, self.clean_config)
+        clock.lap("clean")
+        out = Outcome(Document(doc.id, text, doc.source, doc.meta, doc.origin), raw_bytes, changes, failed)
+        if failed:
+            out.seconds = clock.seconds
+            return out
+        if self.exact:
+            out.exact = exact_key(text)
+            clock.lap("exact_dedup")
+        words = ngrams.word_units(text) if self.leakage_ngram or (self.near and self.near.unit == "word") else None
+        if self.near:
+            units = words if self.near.unit == "word" else ngrams.char_units(text)
+            out.signature = self.signer.signature(ngrams.ngram_hashes(units, self.near.ngram))
+            clock.lap("near_dedup")
+        if self.leakage_ngram:
+            out.ngrams = ngrams.ngram_hashes(words, self.leakage_ngram) if len(words) >= self.leakage_ngram \
+                else np.empty(0, dtype=np.uint64)
+            clock.lap("leakage")
+        out.seconds = clock.seconds
+        return out
+
+
+class Clock:
+    """Seconds per named step."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - self.last
+        self.last = now
+
+    def add(self, seconds: dict[str, float]) -> None:
+        for name, value in seconds.items():
+            self.seconds[name] = self.seconds.get(name, 0.0) + value
+
+
+class Corpus:
+    """The kept documents: their texts in a spool file, their records in memory."""
+
+    def __init__(self, path: Path):
+        self.path, self.file = path, open(path, "wb")
+        self.docs: list[Document] = []  # text-less: the text lives in the spool
+        self.spans: list[tuple[int, int]] = []  # (offset, bytes) in the spool
+        self.chars: list[int] = []
+        self.size = 0
+
+    def add(self, doc: Document) -> int:
+        data = doc.text.encode("utf-8")
+        self.file.write(data)
+        self.docs.append(Document(doc.id, "", doc.source, doc.meta, doc.origin))
+        self.spans.append((self.size, len(data)))
+        self.chars.append(len(doc.text))
+        self.size += len(data)
+        return len(self.docs) - 1
+
+    def done_adding(self) -> None:
+        """From now on texts are read back (with plain reads, not a memory map, whose
+        pages would count as this process's memory)."""
+        self.file.close()
+        self.file = open(self.path, "rb")
+
+    def keep(self, indices: list[int]) -> None:
+        """Keep only these documents (their text stays in the spool, unread)."""
+        self.docs = [self.docs[i] for i in indices]
+        self.spans = [self.spans[i] for i in indices]
+        self.chars = [self.chars[i] for i in indices]
+
+    def text(self, i: int) -> str:
+        offset, size = self.spans[i]
+        return os.pread(self.file.fileno(), size, offset).decode("utf-8")
+
+    def texts(self, indices: Iterable[int]) -> Iterator[str]:
+        return (self.text(i) for i in indices)
+
+
+def in_batches(items: Iterable, size_of: Callable, max_bytes: int) -> Iterator[list]:
+    batch, size = [], 0
+    for item in items:
+        batch.append(item)
+        size += size_of(item)
+        if size >= max_bytes:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+@contextmanager
+def worker_pool(workers: int) -> Iterator[Callable]:
+    """`run(fn, items)`: fn over items in order, on `workers` processes, with a bounded number
+    of items in flight (Pool.imap would read the whole input ahead)."""
+    workers = workers or os.cpu_count() or 1
+    if workers == 1:
+        yield map
+        return
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    with multiprocessing.get_context(method).Pool(workers) as pool:
+        def run(fn, items):
+            pending: deque = deque()
+            for item in items:
+                pending.append(pool.apply_async(fn, (item,)))
+                if len(pending) >= 2 * workers:
+                    yield pending.popleft().get()
+            while pending:
+                yield pending.popleft().get()
+        yield run
+
+
+def unique_ids(docs: Iterable[Document], prefix: bool, renamed: list[str]) -> Iterator[Document]:
+    """Ids must be unique in documents.jsonl: prefix them with the source in a mixture, and give
+    a repeated id a `#2`, `#3` suffix (listed in `renamed`)."""
+    seen: set[str] = set()
     for doc in docs:
-        text = doc.text
-        if config.strip_gutenberg:
-            stripped = clean.strip_gutenberg(text)
-            changed["strip_gutenberg"] += stripped != text
-            removed_chars["strip_gutenberg"] += len(text) - len(stripped)
-            text = stripped
-        normalized = clean.normalize(text, config.unicode_form)
-        changed["normalize"] += normalized != text
-        removed_chars["normalize"] += len(text) - len(normalized)
-        if normalized.strip():
-            kept.append(Document(doc.id, normalized, doc.source, doc.meta))
-        else:
-            dropped_empty.append(doc.id)
-    steps["clean"] = {"documents_changed": changed, "chars_removed": removed_chars,
-                      "dropped": {"empty after cleaning": dropped_empty}, "kept": len(kept)}
-    return kept
+        if prefix:
+            doc.id = f"{doc.source}/{doc.id}"
+        if doc.id in seen:
+            n = 2
+            while f"{doc.id}#{n}" in seen:
+                n += 1
+            renamed.append(doc.id)
+            doc.id = f"{doc.id}#{n}"
+        seen.add(doc.id)
+        yield doc
 
 
-def split_summary(docs: list[Document], config: SplitConfig) -> dict:
-    summary = {"documents": len(docs), "groups": len({d.key(config.group_by) for d in docs}),
-               "chars": sum(len(d.text) for d in docs)}
-    if config.stratify_by:
-        strata: dict[str, int] = {}
-        for d in docs:
-            strata[d.key(config.stratify_by)] = strata.get(d.key(config.stratify_by), 0) + len(d.text)
-        summary["chars_by_" + config.stratify_by] = dict(sorted(strata.items()))
-    return summary
+def read_clean_dedup(data: DataConfig, spool: Path, report: dict, clock: Clock):
+    """Step 1, streaming: every document is read, cleaned, filtered, hashed, and dropped if its
+    text was seen before; the kept ones go to the spool. Returns the corpus, the near-duplicate
+    signatures and the n-gram sample."""
+    sources = data.sources()
+    skipped, renamed = Skipped(), []
+    docs = unique_ids(itertools.chain.from_iterable(read_source(name, source, skipped)
+                                                    for name, source in sources.items()),
+                      prefix=len(sources) > 1, renamed=renamed)
+    sizes = [input_bytes(source) for source in sources.values()]
+    corpus = Corpus(spool)
+    near = NearDuplicates(data.dedup.near) if data.dedup.near.enabled else None
+    sample = NgramSample(data.leakage.max_hashes) if data.leakage.enabled else None
+    read = {name: {"documents": 0, "bytes": 0} for name in sources}
+    changed = {name: {"documents": 0, "chars_removed": 0} for name in clean.TRANSFORMS if getattr(data.clean, name)}
+    dropped: dict[str, dict] = {}  # reason -> count and the first examples
+
+    def drop(reason: str, example: dict) -> None:
+        entry = dropped.setdefault(reason, {"count": 0, "examples": []})
+        entry["count"] += 1
+        if len(entry["examples"]) < 20:
+            entry["examples"].append(example)
+
+    first_of: dict[bytes, str] = {}
+    bar = tqdm(total=None if None in sizes else sum(sizes), unit="B", unit_scale=True, desc="clean+dedup",
+               disable=None, file=sys.stderr)
+    with worker_pool(data.workers) as run:
+        for outcomes in run(DocumentProcessor(data), in_batches(docs, lambda d: len(d.text), _BATCH_BYTES)):
+            for out in outcomes:
+                doc = out.doc
+                clock.add(out.seconds)
+                read[doc.source]["documents"] += 1
+                read[doc.source]["bytes"] += out.raw_bytes
+                bar.update(out.raw_bytes)
+                for name, removed in out.changes.items():
+                    changed[name]["documents"] += 1
+                    changed[name]["chars_removed"] += removed
+                if out.failed:
+                    drop(out.failed[0], {"id": doc.id, "value": out.failed[1]})
+                    continue
+                if out.exact is not None:
+                    if out.exact in first_of:
+                        drop("exact_duplicate", {"id": doc.id, "of": first_of[out.exact]})
+                        continue
+                    first_of[out.exact] = doc.id
+                index = corpus.add(doc)
+                if near:
+                    near.add(index, out.signature)
+                if sample:
+                    sample.add(out.ngrams)
+    bar.close()
+    corpus.done_adding()
+    skipped.warn()
+    if renamed:
+        log.warning("renamed %d repeated document id(s) with a #n suffix: %s", len(renamed), ", ".join(renamed[:3]))
+    for reason, entry in dropped.items():
+        log.info("dropped %d document(s): %s", entry["count"], reason)
+    report["read"] = {"sources": read, "skipped": skipped.summary(), "renamed_ids": renamed[:20]}
+    report["clean"] = {"changed": changed, "dropped": dropped, "kept": len(corpus.docs)}
+    if not corpus.docs:
+        reasons = [f"{v['count']} {k}" for k, v in skipped.summary().items()] + \
+                  [f"{v['count']} dropped by {k}" for k, v in dropped.items()]
+        raise UserError(f"no usable documents in data '{data.name}'"
+                        + (f" ({', '.join(reasons)})" if reasons else " (the sources are empty)")
+                        + ": check data paths/fields and the data.clean filters")
+    return corpus, near, sample
+
+
+# ---------------------------------------------------------------- step 2: near-duplicates, split, leakage
+
+
+def near_duplicate_clusters(corpus: Corpus, sample: NgramSample | None, near: NearDuplicates, report: dict):
+    """Find the clusters; with `action: drop`, keep each cluster's first document only.
+    Returns the pairs that must share a split and the clusters as lists of ids."""
+    pairs = near.pairs()
+    clusters = [members for members in labels_to_groups(components(len(corpus.docs), [(a, b) for a, b, _ in pairs]))
+                if len(members) > 1]
+    best = {}
+    for a, b, similarity in pairs:
+        best[a], best[b] = max(best.get(a, 0), similarity), max(best.get(b, 0), similarity)
+    clusters.sort(key=lambda c: (-len(c), -sum(corpus.chars[i] for i in c), c[0]))
+    listed = [{"documents": [corpus.docs[i].id for i in c], "max_jaccard": max(best[i] for i in c)} for c in clusters]
+    report["near_duplicates"] = {"config": asdict(near.config), "clusters": len(clusters),
+                                 "documents_in_clusters": sum(len(c) for c in clusters), "largest": listed[:50]}
+    log.info("near-duplicates: %d cluster(s) of %d documents (threshold %.2f, %s %d-grams)", len(clusters),
+             report["near_duplicates"]["documents_in_clusters"], near.config.threshold, near.config.unit,
+             near.config.ngram)
+    if near.config.action == "group" or not clusters:
+        return [(a, b) for a, b, _ in pairs], listed
+    extra = {i: c[0] for c in clusters for i in c[1:]}
+    dropped = [{"id": corpus.docs[i].id, "of": corpus.docs[first].id, "jaccard": best[i]} for i, first in extra.items()]
+    report["clean"]["dropped"]["near_duplicate"] = {"count": len(dropped), "examples": dropped[:20]}
+    kept = [i for i in range(len(corpus.docs)) if i not in extra]
+    corpus.keep(kept)
+    if sample:
+        sample.keep(kept)
+    report["clean"]["kept"] = len(kept)
+    log.info("dropped %d near-duplicate document(s), kept the first of each cluster", len(dropped))
+    return [], listed
+
+
+def split_corpus(corpus: Corpus, pairs: list[tuple[int, int]], config: SplitConfig, report: dict):
+    """The split of each kept document, and each document's stratum."""
+    n = len(corpus.docs)
+    for key in (config.group_by, config.stratify_by):
+        if key and key not in ("id", "source") and not any(key in d.meta for d in corpus.docs):
+            known = sorted({k for d in corpus.docs[:1000] for k in d.meta})
+            raise UserError(f"data.split: no document has the metadata field {key!r}; "
+                            f"fields: {', '.join(known) or 'none'} (or use id, source, null)")
+    values = [d.key(config.group_by) for d in corpus.docs] if config.group_by else [None] * n
+    groups = components(n, group_pairs(values) + pairs)
+    strata = [d.key(config.stratify_by) if config.stratify_by else None for d in corpus.docs]
+    names = [v if v is not None else d.id for v, d in zip(values, corpus.docs)]
+    split_of = assign_splits(names, corpus.chars, strata, groups, config)
+    for name in SPLITS:
+        if name not in split_of and (name == "train" or getattr(config, name) > 0):
+            raise UserError(f"the {name} split is empty: the corpus has too few groups "
+                            f"({len(set(groups.tolist()))}) for val={config.val} test={config.test}")
+    summary = {}
+    for name in SPLITS:
+        members = [i for i, s in enumerate(split_of) if s == name]
+        info = {"documents": len(members), "groups": len({int(groups[i]) for i in members}),
+                "chars": sum(corpus.chars[i] for i in members)}
+        if config.stratify_by:
+            by: dict[str, int] = {}
+            for i in members:
+                stratum = strata[i] or "(none)"
+                by[stratum] = by.get(stratum, 0) + corpus.chars[i]
+            info["chars_by_stratum"] = dict(sorted(by.items()))
+        summary[name] = info
+    report["split"] = {"group_by": config.group_by, "stratify_by": config.stratify_by,
+                       "groups": len(set(groups.tolist())), "splits": summary}
+    for name, info in summary.items():
+        log.info("split %-5s %6s documents %12s chars", name, f"{info['documents']:,}", f"{info['chars']:,}")
+    return split_of, strata
+
+
+def labels_to_groups(labels: np.ndarray) -> list[list[int]]:
+    groups: dict[int, list[int]] = {}
+    for i, label in enumerate(labels.tolist()):
+        groups.setdefault(label, []).append(i)
+    return list(groups.values())
+
+
+def leakage_report(sample: NgramSample, corpus: Corpus, split_of: list[str], strata: list, data: DataConfig) -> dict:
+    ids = [d.id for d in corpus.docs]
+    out = {"ngram": data.leakage.ngram, "unit": "word", "sample_rate": sample.rate,
+           "grouped": sample.leakage(split_of, ids)}
+    if data.leakage.compare_ungrouped:
+        one_by_one = assign_splits(ids, corpus.chars, strata, np.arange(len(ids)), data.split)
+        out["ungrouped"] = sample.leakage(one_by_one, ids)
+    log.info("leakage: %.2f%% of val and %.2f%% of test word %d-grams occur in train", 100 * out["grouped"]["val"]["share"],
+             100 * out["grouped"]["test"]["share"], data.leakage.ngram)
+    return out
+
+
+# ---------------------------------------------------------------- step 3: tokenizer and shards
+
+
+def write_shards(corpus: Corpus, split_of: list[str], weights: dict[str, float], seed: int, tokenizer,
+                 out: Path, clock: Clock) -> tuple[dict, dict]:
+    """Encode every kept document once and append it (train: as many times as its source's weight
+    says) to its split's shard, with one EOT after it. Returns meta's splits and tokenizer stats."""
+    vocab_size = tokenizer.get_vocab_size()
+    dtype = np.dtype(np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32)
+    eot, unk = tokenizer.token_to_id(EOT), tokenizer.token_to_id(UNK)
+    encoder = ShardEncoder(tokenizer)
+    stats = {s: {"tokens": 0, "bytes": 0, "documents": 0, "unknown": 0, "left_out_by_weight": 0,
+                 "counts": np.zeros(vocab_size, dtype=np.int64)} for s in SPLITS}
+    shards = {s: open(out / f"{s}.bin", "wb") for s in SPLITS}
+    bar = tqdm(total=corpus.size, unit="B", unit_scale=True, desc="tokenize", disable=None, file=sys.stderr)
+    with open(out / "documents.jsonl", "w") as index:
+        for batch in in_batches(range(len(corpus.docs)), lambda i: corpus.spans[i][1], _ENCODE_BYTES):
+            started = time.perf_counter()
+            encoded = encoder.encode(list(corpus.texts(batch)))
+            clock.add({"encode": time.perf_counter() - started})
+            for i, ids in zip(batch, encoded):
+                doc, split, n_bytes = corpus.docs[i], split_of[i], corpus.spans[i][1]
+                info = stats[split]
+                bar.update(n_bytes)
+                times = copies(doc.id, weights[doc.source], seed) if split == "train" else 1
+                if times == 0:
+                    info["left_out_by_weight"] += 1
+                    continue
+                row = np.append(ids, eot).astype(dtype)
+                info["counts"] += times * np.bincount(row, minlength=vocab_size)
+                if unk is not None:
+                    info["unknown"] += times * int((ids == unk).sum())
+                for _ in range(times):
+                    row.tofile(shards[split])
+                    index.write(json.dumps({"id": doc.id, "source": doc.source, "split": split, "meta": doc.meta,
+                                            "start": info["tokens"], "end": info["tokens"] + len(ids),
+                                            "origin": doc.origin}) + "\n")
+                    info["tokens"] += len(row)
+                    info["bytes"] += n_bytes
+                    info["documents"] += 1
+    bar.close()
+    for f in shards.values():
+        f.close()
+    meta_splits, token_stats = {}, {}
+    for split, info in stats.items():
+        meta_splits[split] = {"tokens": info["tokens"], "bytes": info["bytes"], "documents": info["documents"],
+                              "bytes_per_token": round(info["bytes"] / max(info["tokens"], 1), 4)}
+        token_stats[split] = {**meta_splits[split], "unknown_rate": round(info["unknown"] / max(info["tokens"], 1), 6),
+                              "vocab_used": round(float((info["counts"] > 0).mean()), 4),
+                              "left_out_by_weight": info["left_out_by_weight"]}
+    return meta_splits, {"dtype": dtype.name, "eot_id": eot, "splits": token_stats}
+
+
+# ---------------------------------------------------------------- the whole build
+
+
+def build(data: DataConfig, tok_config: TokenizerConfig, out: Path) -> None:
+    started = time.perf_counter()
+    report: dict = {"name": data.name, "config": {"data": asdict(data), "tokenizer": asdict(tok_config)},
+                    "pipeline_version": PIPELINE_VERSION}
+    clock, wall = Clock(), {}
+
+    corpus, near, sample = read_clean_dedup(data, out / "texts.spool", report, clock)
+    wall["read_clean_dedup"] = time.perf_counter() - started
+    raw_bytes = sum(s["bytes"] for s in report["read"]["sources"].values())
+    log.info("read %s documents (%.1f MB), kept %d in %.1f s", f"{sum(s['documents'] for s in report['read']['sources'].values()):,}",
+             raw_bytes / 1e6, len(corpus.docs), wall["read_clean_dedup"])
+
+    t = time.perf_counter()
+    pairs, clusters = near_duplicate_clusters(corpus, sample, near, report) if near else ([], [])
+    wall["near_dedup_index"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    split_of, strata = split_corpus(corpus, pairs, data.split, report)
+    if near:
+        split_by_id = {d.id: split for d, split in zip(corpus.docs, split_of)}
+        for cluster in clusters:
+            cluster["splits"] = sorted({split_by_id.get(i, "dropped") for i in cluster["documents"]})
+        report["near_duplicates"]["straddling_splits"] = sum(len(set(c["splits"]) - {"dropped"}) > 1 for c in clusters)
+    if sample:
+        report["leakage"] = leakage_report(sample, corpus, split_of, strata, data)
+    wall["split_and_leakage"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    train = [i for i, s in enumerate(split_of) if s == "train"]
+    tokenizer = train_tokenizer(tok_config, corpus.texts(train))
+    tokenizer.save(str(out / "tokenizer.json"))
+    wall["train_tokenizer"] = time.perf_counter() - t
+    log.info("tokenizer: %s, %d tokens, trained on %d train documents in %.1f s", tok_config.kind,
+             tokenizer.get_vocab_size(), len(train), wall["train_tokenizer"])
+
+    t = time.perf_counter()
+    weights = {name: source.weight for name, source in data.sources().items()}
+    meta_splits, token_report = write_shards(corpus, split_of, weights, data.split.seed, tokenizer, out, clock)
+    wall["write_shards"] = time.perf_counter() - t
+    corpus.file.close()
+    corpus.path.unlink()
+
+    specials = {token: tokenizer.token_to_id(token) for token in tok_config.special_tokens()}
+    report["tokenizer"] = {"kind": tok_config.kind, "vocab_size": tokenizer.get_vocab_size(),
+                           "special_tokens": specials, **token_report}
+    wall["total"] = time.perf_counter() - started
+    report["seconds"] = {"wall": {k: round(v, 3) for k, v in wall.items()},
+                         "worker_cpu": {k: round(v, 3) for k, v in clock.seconds.items()}}
+    report["throughput_mb_s"] = {k: round(raw_bytes / 1e6 / v, 2) for k, v in
+                                 {**clock.seconds, "end_to_end": wall["total"]}.items() if v > 0}
+    meta = {"name": data.name, "vocab_size": tokenizer.get_vocab_size(), "dtype": token_report["dtype"],
+            "eot_id": token_report["eot_id"], "tokenizer": tok_config.kind, "special_tokens": specials,
+            "pipeline_version": PIPELINE_VERSION, "splits": meta_splits}
+    write_report(out, report, lengths={s: [corpus.chars[i] for i, x in enumerate(split_of) if x == s] for s in SPLITS})
+    (out / "meta.json").write_text(json.dumps(meta, indent=2))

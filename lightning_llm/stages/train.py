@@ -194,6 +194,9 @@ def train(cfg: DictConfig, extra_callbacks: tuple[pl.Callback, ...] = ()) -> dic
             "overrides": OmegaConf.to_container(cfg, resolve=True),
         }
         write_json(run_dir / "run.json", record)
+        for logger in loggers:
+            if isinstance(logger, WandbLogger):
+                logger.experiment.finish()  # close the run now, so that a resume at once can reopen its id
         log.info("done in %.0f s: val/loss %s, run dir %s", seconds, metrics.get("best_val/loss"), run_dir)
     return metrics
 

@@ -1,0 +1,178 @@
+"""What a study leaves behind in outputs/sweeps/<study>/: report.md with the trials table, the
+best trial and parameter importances, the PNG plots, and best.yaml, a config `llm train` runs."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+from optuna.trial import FrozenTrial, TrialState
+
+from lightning_llm.stages.common import CONF_DIR
+from lightning_llm.sweep.objective import command, override
+from lightning_llm.sweep.space import SweepSpec
+from lightning_llm.sweep.study import RETRY
+
+log = logging.getLogger("lightning_llm")
+PLOTS = {  # file name -> optuna.visualization.matplotlib function, and what it shows
+    "optimization_history.png": ("plot_optimization_history", "objective by trial, and the best so far"),
+    "param_importances.png": ("plot_param_importances", "how much each parameter explains the objective"),
+    "parallel_coordinate.png": ("plot_parallel_coordinate", "each trial's parameters against its objective"),
+    "intermediate_values.png": ("plot_intermediate_values", "the pruner's view: val loss by step, per trial"),
+}
+
+
+def write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def shown_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Every trial but the surplus ones that concurrent workers asked for and never ran."""
+    return [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus")]
+
+
+def note(trial: FrozenTrial, retried_as: dict[int, int]) -> str:
+    if trial.number in retried_as:
+        why = trial.user_attrs.get("fail_reason") or "its worker stopped sending heartbeats"
+        return f"{why.split(':')[0]}; requeued as trial {retried_as[trial.number]}"
+    if trial.state == TrialState.FAIL:
+        return trial.user_attrs.get("fail_reason") or "failed"
+    if trial.state == TrialState.PRUNED:
+        return f"pruned at step {trial.last_step}" if trial.last_step is not None else "pruned"
+    if RETRY.retried_trial_number(trial) is not None:
+        return f"retry of trial {RETRY.retried_trial_number(trial)}"
+    return ""
+
+
+def trials_table(trials: list[FrozenTrial], params: list[str], metric: str) -> list[str]:
+    retried_as = {RETRY.retry_history(t)[-1]: t.number for t in trials if RETRY.retry_history(t)}
+    lines = ["| trial | state | " + metric + " | " + " | ".join(params) + " | seconds | note |",
+             "|" + "---|" * (len(params) + 5)]
+    for t in trials:
+        value = f"{t.value:.4f}" if t.value is not None else ""
+        seconds = f"{t.duration.total_seconds():.1f}" if t.duration else ""
+        cells = [str(t.number), t.state.name, value, *(format_value(t.params.get(p)) for p in params), seconds,
+                 note(t, retried_as).replace("|", "/")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def format_value(value) -> str:
+    if value is None:
+        return ""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def importances(study: optuna.Study) -> dict[str, float] | str:
+    """Optuna's default importance evaluator (PED-ANOVA) over the completed trials, or why there is none."""
+    try:
+        return optuna.importance.get_param_importances(study)
+    except (ValueError, RuntimeError, ZeroDivisionError) as err:
+        return f"not available: {err}"
+
+
+def draw_plots(study: optuna.Study, study_dir: Path) -> dict[str, str]:
+    """Each plot as a PNG; a plot the study cannot draw yet (too few trials) is skipped with its reason."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna.visualization.matplotlib as plots
+
+    skipped = {}
+    for name, (function, _) in PLOTS.items():
+        try:
+            axes = getattr(plots, function)(study)
+        except (ValueError, RuntimeError, IndexError, KeyError) as err:
+            skipped[name] = str(err) or type(err).__name__
+            continue
+        figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+        figure.set_size_inches(9, 5)
+        tmp = study_dir / f".{name}.tmp.png"
+        figure.savefig(tmp, dpi=100, bbox_inches="tight")
+        plt.close(figure)
+        os.replace(tmp, study_dir / name)
+    return skipped
+
+
+def write_report(study: optuna.Study, spec: SweepSpec, study_dir: Path, storage_url: str) -> Path:
+    trials = shown_trials(study)
+    counts = {state.name: sum(t.state == state for t in trials) for state in TrialState}
+    metric = study.user_attrs.get("definition", {}).get("objective", {}).get("metric", "objective")
+    params = list(spec.search_space)
+    lines = [f"# Study `{study.study_name}`", "",
+             f"- storage: `{storage_url}`",
+             f"- sampler: {spec.sampler.name}, pruner: {spec.pruner.name}, objective: "
+             f"{study.direction.name.lower()} `{metric}`, n_trials {spec.n_trials}",
+             "- trials: " + ", ".join(f"{n} {state.lower()}" for state, n in counts.items() if n), ""]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    lines += ["## Best trial", ""]
+    if complete:
+        best = study.best_trial
+        lines += [f"Trial {best.number}: `{metric}` = {best.value:.4f}, run dir `{best.user_attrs.get('run_dir')}`.",
+                  "",
+                  *(f"- `{name}` = {format_value(value)}" for name, value in best.params.items()), "",
+                  f"Train it again: `{best_command(study_dir)}` (see best.yaml).", ""]
+    else:
+        lines += ["No trial has completed yet.", ""]
+    lines += ["## Trials", "", *trials_table(trials, params, metric), ""]
+    lines += ["## Parameter importances", ""]
+    found = importances(study) if len(complete) >= 2 else "not available: fewer than two completed trials"
+    if isinstance(found, str):
+        lines += [found, ""]
+    else:
+        lines += ["| parameter | importance |", "|---|---|", *(f"| `{p}` | {v:.3f} |" for p, v in found.items()), ""]
+    skipped = draw_plots(study, study_dir)
+    lines += ["## Plots", ""]
+    for name, (_, caption) in PLOTS.items():
+        lines += [f"{caption}: not drawn ({skipped[name]})" if name in skipped else f"![{caption}]({name})", ""]
+    path = study_dir / "report.md"
+    write_text(path, "\n".join(lines))
+    return path
+
+
+def best_command(study_dir: Path) -> str:
+    return f"llm train --config-dir {study_dir} --config-name best"
+
+
+def best_config(overrides: list[str]) -> tuple[list, dict, list[str]]:
+    """Overrides as a primary config: group choices become defaults-list entries, values a tree,
+    and deletions (~key), which a YAML file cannot express, stay command-line overrides."""
+    defaults: list = ["train"]
+    values = OmegaConf.create()
+    deletions = []
+    for parsed in OverridesParser.create().parse_overrides(overrides):
+        key, value = parsed.key_or_group, parsed.value()
+        if parsed.is_delete():
+            deletions.append(parsed.input_line)
+        elif (Path(CONF_DIR) / key).is_dir() and isinstance(value, str):
+            defaults.append({f"{'' if parsed.is_add() else 'override '}/{key}": value})
+        else:
+            OmegaConf.update(values, key, value, force_add=True)
+    return defaults + ["_self_"], OmegaConf.to_container(values), deletions
+
+
+def write_best(study: optuna.Study, study_dir: Path) -> Path | None:
+    """best.yaml: the base overrides and the best trial's parameters, as a config that
+    `llm train --config-dir <study dir> --config-name best` trains."""
+    if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+        return None
+    best = study.best_trial
+    definition = study.user_attrs["definition"]
+    overrides = definition["train_overrides"] + [override(k, v) for k, v in best.params.items()]
+    defaults, values, deletions = best_config(overrides)
+    values["experiment_name"] = f"{study.study_name}-best"
+    metric = definition["objective"]["metric"]
+    header = [f"# The best trial of study {study.study_name}: trial {best.number}, {metric} = {best.value:.4f}.",
+              f"# {command(overrides)}",
+              f"# Train it: {' '.join([best_command(study_dir), *deletions])}"]
+    body = OmegaConf.to_yaml({"defaults": defaults, **values}, sort_keys=False)
+    path = study_dir / "best.yaml"
+    write_text(path, "\n".join(header) + "\n" + body)
+    return path

@@ -3,8 +3,8 @@ best trial and parameter importances, the PNG plots, and best.yaml, a config `ll
 
 from __future__ import annotations
 
-import logging
 import os
+import warnings
 from pathlib import Path
 
 import optuna
@@ -13,23 +13,17 @@ from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
 from lightning_llm.stages.common import CONF_DIR
+from lightning_llm.stages.train import write_text
 from lightning_llm.sweep.objective import command, override
 from lightning_llm.sweep.space import SweepSpec
 from lightning_llm.sweep.study import RETRY
 
-log = logging.getLogger("lightning_llm")
 PLOTS = {  # file name -> optuna.visualization.matplotlib function, and what it shows
     "optimization_history.png": ("plot_optimization_history", "objective by trial, and the best so far"),
     "param_importances.png": ("plot_param_importances", "how much each parameter explains the objective"),
     "parallel_coordinate.png": ("plot_parallel_coordinate", "each trial's parameters against its objective"),
     "intermediate_values.png": ("plot_intermediate_values", "the pruner's view: val loss by step, per trial"),
 }
-
-
-def write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def shown_trials(study: optuna.Study) -> list[FrozenTrial]:
@@ -88,7 +82,9 @@ def draw_plots(study: optuna.Study, study_dir: Path) -> dict[str, str]:
     skipped = {}
     for name, (function, _) in PLOTS.items():
         try:
-            axes = getattr(plots, function)(study)
+            with warnings.catch_warnings():  # few trials make empty legends and flat axes: nothing to act on
+                warnings.simplefilter("ignore")
+                axes = getattr(plots, function)(study)
         except (ValueError, RuntimeError, IndexError, KeyError) as err:
             skipped[name] = str(err) or type(err).__name__
             continue

@@ -20,7 +20,6 @@ from lightning_llm.sweep.space import SweepSpec
 
 log = logging.getLogger("lightning_llm")
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")
 
 SAMPLER_CLASSES = {"grid": optuna.samplers.GridSampler, "random": optuna.samplers.RandomSampler,
                    "tpe": optuna.samplers.TPESampler, "cmaes": optuna.samplers.CmaEsSampler,

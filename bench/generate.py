@@ -21,7 +21,7 @@ import time
 import torch
 from transformers import GenerationConfig
 
-from train_step import SHAPE, ours, top_ops, transformers_gpt2
+from train_step import SHAPES, ours, top_ops, transformers_gpt2
 
 PROMPT = 12
 
@@ -42,10 +42,9 @@ def main():
                         help="batch sizes at which to time the no-cache path (once each)")
     parser.add_argument("--vocab", type=int, default=65)
     parser.add_argument("--profile", action="store_true", help="then profile one more run of each path at batch 1")
-    parser.add_argument("--smoke", action="store_true", help="a tiny shape, to check the script runs")
+    parser.add_argument("--shape", choices=SHAPES, default="nanogpt", help="layers, heads and width (train_step.py)")
     args = parser.parse_args()
-    shape = dict(n_layer=2, n_head=2, n_embd=64) if args.smoke else {k: v for k, v in SHAPE.items() if k != "block_size"}
-    shape["block_size"] = PROMPT + args.tokens
+    shape = {**SHAPES[args.shape], "block_size": PROMPT + args.tokens}
     torch.manual_seed(0)
     model, reference = ours(args.vocab, shape).eval(), transformers_gpt2(args.vocab, shape).eval()
     reference.config.use_cache = True

@@ -1,6 +1,7 @@
 """Training step throughput: our GPT against transformers' GPT2LMHeadModel of the same shape.
 
     .venv/bin/python bench/train_step.py [--rounds 8] [--steps 1] [--precision fp32|bf16-mixed] [--profile]
+    .venv/bin/python bench/train_step.py --shape micro --rounds 8 --steps 20   # the default model's size
 
 One step is forward, loss, backward, gradient clipping and AdamW, on random tokens of a
 character-sized vocabulary. The models run interleaved (A B C A B C ...) so that the
@@ -31,7 +32,11 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from lightning_llm.model import GPT, GPTConfig, flops_per_token
 from lightning_llm.training.optim import param_groups
 
-SHAPE = dict(n_layer=6, n_head=6, n_embd=384, block_size=256)
+SHAPES = {
+    "nanogpt": dict(n_layer=6, n_head=6, n_embd=384, block_size=256),  # nanoGPT's Shakespeare-char model
+    "micro": dict(n_layer=4, n_head=4, n_embd=128, block_size=64),  # the gpt-micro preset, learned positions
+    "smoke": dict(n_layer=2, n_head=2, n_embd=64, block_size=32),  # to check the script runs
+}
 LR, BETAS, WEIGHT_DECAY = 6e-4, (0.9, 0.99), 0.1
 
 
@@ -103,16 +108,16 @@ def main():
     parser.add_argument("--vocab", type=int, default=65, help="a character vocabulary's size")
     parser.add_argument("--precision", choices=["fp32", "bf16-mixed"], default="fp32")
     parser.add_argument("--profile", action="store_true", help="then profile one more step of each")
-    parser.add_argument("--smoke", action="store_true", help="a tiny shape, to check the script runs")
+    parser.add_argument("--shape", choices=SHAPES, default="nanogpt")
     args = parser.parse_args()
-    shape = dict(n_layer=2, n_head=2, n_embd=64, block_size=32) if args.smoke else SHAPE
+    shape = SHAPES[args.shape]
     bf16 = args.precision == "bf16-mixed"
     dtype = torch.bfloat16 if bf16 else torch.float32
 
     def autocast():
         return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
-    peak_size = 512 if args.smoke else 2048
+    peak_size = 512 if args.shape == "smoke" else 2048
     peak_gflops = linear_peak(dtype, peak_size)
     torch.manual_seed(0)
     models = {"ours": ours(args.vocab, shape), "transformers GPT2LMHeadModel": transformers_gpt2(args.vocab, shape)}
@@ -128,11 +133,11 @@ def main():
     for step in runs.values() if not bf16 else ():  # warm-up (a bf16 step here takes a minute: no need)
         step(x, y)
     times = {name: [] for name in runs}
-    for round in range(args.rounds):
+    for done in range(1, args.rounds + 1):
         for name, step in runs.items():
             times[name] += [step(x, y) for _ in range(args.steps)]
         peak_gflops = max(peak_gflops, linear_peak(dtype, peak_size, repeats=1))  # a peak is the best seen
-        print(f"round {round + 1}/{args.rounds}: " + ", ".join(f"{name} {t[-1]:.2f} s" for name, t in times.items()),
+        print(f"round {done}/{args.rounds}: " + ", ".join(f"{name} {t[-1]:.2f} s" for name, t in times.items()),
               file=sys.stderr, flush=True)
 
     tokens = args.batch * shape["block_size"]
@@ -140,20 +145,21 @@ def main():
     print(f"train step: {shape['n_layer']} layers x {shape['n_embd']}, {shape['n_head']} heads, block "
           f"{shape['block_size']}, batch {args.batch}, vocab {args.vocab}, {n_ours / 1e6:.2f} M parameters, "
           f"{args.precision}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"{args.rounds} interleaved rounds x {args.steps} steps; {flops / 1e6:.1f} MFLOP per token; "
-          f"{dtype} matmul peak {peak_gflops:.1f} GFLOP/s (the best {peak_size}^2 matmul of 5 at the start and 1 per round)\n")
-    print("| model | median step s | tokens/s | GFLOP/s | MFU | steps (s) |")
+    print(f"{args.rounds} interleaved rounds x {args.steps} steps; {flops / 1e6:.1f} MFLOP per token; {dtype} matmul "
+          f"peak {peak_gflops:.1f} GFLOP/s (the best {peak_size}^2 matmul of 5 at the start and 1 per round)\n")
+    print("| model | median step s | tokens/s | GFLOP/s | MFU | fastest, slowest step s |")
     print("| --- | --- | --- | --- | --- | --- |")
     medians = {}
     for name, seconds in times.items():
         medians[name] = median = statistics.median(seconds)
         gflops = flops * tokens / median / 1e9
         print(f"| {name} | {median:.3f} | {tokens / median:,.0f} | {gflops:.1f} | {gflops / peak_gflops:.0%} | "
-              f"{', '.join(f'{s:.2f}' for s in seconds)} |")
-    reference = medians["transformers GPT2LMHeadModel, AdamW foreach"]
-    print(f"\nours / transformers, tokens/s, same optimizer: {reference / medians['ours, AdamW foreach']:.2f}x")
+              f"{min(seconds):.3f}, {max(seconds):.3f} |")
+    foreach = medians["ours, AdamW foreach"]
+    print(f"\nours / transformers, tokens/s, same optimizer: "
+          f"{medians['transformers GPT2LMHeadModel, AdamW foreach'] / foreach:.2f}x")
     if not bf16:
-        print(f"ours, fused AdamW / foreach AdamW: {medians['ours, AdamW foreach'] / medians['ours, AdamW fused']:.2f}x")
+        print(f"ours, fused AdamW / foreach AdamW: {foreach / medians['ours, AdamW fused']:.2f}x")
     if args.profile:
         print("\nshare of self CPU time in one step (torch.profiler):")
         for name, step in runs.items():

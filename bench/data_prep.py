@@ -8,8 +8,9 @@
 `default` and `jsonl` print the wall time of the command, the pipeline's own seconds and MB/s
 of raw text per step (from report.json), and peak memory: the most the process tree held at
 once (the sum of PSS over the main process and its workers, sampled every 0.1 s) and the
-largest resident size of any single process (getrusage). `jaccard` measures the exact Jaccard similarity of shingle sets between the two
-editions of each play and between different plays, for several shingle choices.
+largest resident size of any single process (getrusage). `jaccard` measures the exact Jaccard
+similarity of shingle sets between the two editions of each play and between different plays,
+for several shingle choices.
 """
 
 from __future__ import annotations
@@ -127,7 +128,8 @@ def bench_jsonl(path: Path) -> None:
         result = run_prepare(["data=jsonl", f"data.paths=[{path}]", "data.name=bench",
                               "data.split.group_by=author_group", "data.split.stratify_by=genre"], Path(tmp) / "data")
     print(f"`llm prepare data=jsonl` on {path}: wall {result['wall']:.0f} s; peak memory of the process tree "
-          f"(PSS, main + workers) {result['peak_tree_mb']:.0f} MB; largest process (max RSS) {largest_child_mb():.0f} MB")
+          f"(PSS, main + workers) {result['peak_tree_mb']:.0f} MB; "
+          f"largest process (max RSS) {largest_child_mb():.0f} MB")
     describe(result)
 
 

@@ -77,7 +77,8 @@ def test_transform_counts_each_step_that_changed_the_text_and_respects_switches(
     ({"max_symbol_ratio": 0.2}, "{{{ }}} ### @@@ word\n", ("max_symbol_ratio", 0.75)),
     ({"min_mean_word_length": 3}, "a b c d e f\n", ("min_mean_word_length", 1.0)),
     ({"max_mean_word_length": 10}, "x" * 30 + " " + "y" * 30 + "\n", ("max_mean_word_length", 30.0)),
-    ({"max_repeated_line_chars": 0.3}, "Buy now!\nBuy now!\nBuy now!\nfine\n", ("max_repeated_line_chars", 0.5714)),  # 16 of 28
+    ({"max_repeated_line_chars": 0.3}, "Buy now!\nBuy now!\nBuy now!\nfine\n",
+     ("max_repeated_line_chars", 0.5714)),  # 16 of 28 characters
 ])
 def test_each_filter_drops_with_its_reason_and_value(setting, text, expected):
     assert failed_filter(text, CleanConfig(**{**ALL_OFF, **setting})) == expected

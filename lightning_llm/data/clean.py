@@ -35,8 +35,6 @@ _FTFY = ftfy.TextFixerConfig(unescape_html=False, remove_terminal_escapes=False,
 UNICODE_FORMS = ("NFC", "NFKC", "NFD", "NFKD")
 TRANSFORMS = ("fix_unicode", "strip_gutenberg", "unicode_form", "strip_control", "normalize_whitespace",
               "lowercase")
-FILTERS = ("min_chars", "max_chars", "min_words", "max_symbol_ratio", "min_mean_word_length",
-           "max_mean_word_length", "max_repeated_line_chars")
 
 
 @dataclass

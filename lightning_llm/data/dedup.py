@@ -20,7 +20,7 @@ from scipy.sparse.csgraph import connected_components
 
 NEAR_ACTIONS = ("group", "drop")
 _SCHEME = "affine32"
-_CHUNK = 1 << 14  # shingles hashed per step: bounds the (shingles x num_perm) work array to a few MB
+_CHUNK = 1 << 14  # shingles per step: bounds the (num_perm x shingles) work array to a few MB
 
 
 @dataclass
@@ -61,7 +61,6 @@ class Signer:
     expression per chunk instead of a Python int per shingle, three times faster."""
 
     def __init__(self, num_perm: int, seed: int):
-        self.seed = seed
         a, b = MinHash(num_perm=num_perm, seed=seed, scheme=_SCHEME).permutations
         self.a, self.b = a.reshape(-1, 1), b.reshape(-1, 1)
 
@@ -71,8 +70,13 @@ class Signer:
             return None
         hashed = fmix32((shingles >> np.uint64(32)).astype(np.uint32))  # the scheme takes 32-bit values
         out = np.full(len(self.a), np.iinfo(np.uint32).max, dtype=np.uint32)
+        work = np.empty((len(self.a), min(len(hashed), _CHUNK)), dtype=np.uint32)
         for start in range(0, len(hashed), _CHUNK):
-            np.minimum(out, (self.a * hashed[start:start + _CHUNK] + self.b).min(axis=1), out=out)
+            chunk = hashed[start:start + _CHUNK]
+            permuted = work[:, :len(chunk)]
+            np.multiply(self.a, chunk, out=permuted)  # a * h + b modulo 2**32, in place
+            np.add(permuted, self.b, out=permuted)
+            np.minimum(out, permuted.min(axis=1), out=out)
         return out
 
 

@@ -51,7 +51,7 @@ from lightning_llm.data.tokenizer import EOT, UNK, ShardEncoder, TokenizerConfig
 from lightning_llm.errors import UserError
 
 log = logging.getLogger(__name__)
-PIPELINE_VERSION = 3  # bump when a step's output changes for the same config
+PIPELINE_VERSION = 4  # bump when a step's output changes for the same config
 _BATCH_BYTES = 1 << 19  # documents per worker task, by size
 _ENCODE_BYTES = 1 << 22  # text per tokenizer batch
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -447,8 +447,8 @@ def leakage_report(sample: NgramSample, corpus: Corpus, split_of: list[str], str
     if data.leakage.compare_ungrouped:
         one_by_one = assign_splits(ids, corpus.chars, strata, np.arange(len(ids)), data.split)
         out["ungrouped"] = sample.leakage(one_by_one, ids)
-    log.info("leakage: %.2f%% of val and %.2f%% of test word %d-grams occur in train", 100 * out["grouped"]["val"]["share"],
-             100 * out["grouped"]["test"]["share"], data.leakage.ngram)
+    log.info("leakage: %.2f%% of val and %.2f%% of test word %d-grams occur in train",
+             100 * out["grouped"]["val"]["share"], 100 * out["grouped"]["test"]["share"], data.leakage.ngram)
     return out
 
 
@@ -462,7 +462,7 @@ def write_shards(corpus: Corpus, split_of: list[str], weights: dict[str, float],
     vocab_size = tokenizer.get_vocab_size()
     dtype = np.dtype(np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32)
     eot, unk = tokenizer.token_to_id(EOT), tokenizer.token_to_id(UNK)
-    encoder = ShardEncoder(tokenizer)
+    encoder, separator = ShardEncoder(tokenizer), np.array([eot])
     stats = {s: {"tokens": 0, "bytes": 0, "documents": 0, "unknown": 0, "left_out_by_weight": 0,
                  "counts": np.zeros(vocab_size, dtype=np.int64)} for s in SPLITS}
     shards = {s: open(out / f"{s}.bin", "wb") for s in SPLITS}
@@ -472,26 +472,28 @@ def write_shards(corpus: Corpus, split_of: list[str], weights: dict[str, float],
             started = time.perf_counter()
             encoded = encoder.encode(list(corpus.texts(batch)))
             clock.add({"encode": time.perf_counter() - started})
+            rows: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}  # this batch's ids, EOT after each
             for i, ids in zip(batch, encoded):
                 doc, split, n_bytes = corpus.docs[i], split_of[i], corpus.spans[i][1]
                 info = stats[split]
-                bar.update(n_bytes)
                 times = copies(doc.id, weights[doc.source], seed) if split == "train" else 1
-                if times == 0:
-                    info["left_out_by_weight"] += 1
-                    continue
-                row = np.append(ids, eot).astype(dtype)
-                info["counts"] += times * np.bincount(row, minlength=vocab_size)
+                info["left_out_by_weight"] += times == 0
                 if unk is not None:
                     info["unknown"] += times * int((ids == unk).sum())
                 for _ in range(times):
-                    row.tofile(shards[split])
+                    rows[split] += [ids, separator]
                     index.write(json.dumps({"id": doc.id, "source": doc.source, "split": split, "meta": doc.meta,
                                             "start": info["tokens"], "end": info["tokens"] + len(ids),
                                             "origin": doc.origin}) + "\n")
-                    info["tokens"] += len(row)
+                    info["tokens"] += len(ids) + 1
                     info["bytes"] += n_bytes
                     info["documents"] += 1
+            for split, parts in rows.items():
+                if parts:
+                    flat = np.concatenate(parts).astype(dtype)
+                    flat.tofile(shards[split])
+                    stats[split]["counts"] += np.bincount(flat, minlength=vocab_size)
+            bar.update(sum(corpus.spans[i][1] for i in batch))
     bar.close()
     for f in shards.values():
         f.close()
@@ -517,8 +519,9 @@ def build(data: DataConfig, tok_config: TokenizerConfig, out: Path) -> None:
     corpus, near, sample = read_clean_dedup(data, out / "texts.spool", report, clock)
     wall["read_clean_dedup"] = time.perf_counter() - started
     raw_bytes = sum(s["bytes"] for s in report["read"]["sources"].values())
-    log.info("read %s documents (%.1f MB), kept %d in %.1f s", f"{sum(s['documents'] for s in report['read']['sources'].values()):,}",
-             raw_bytes / 1e6, len(corpus.docs), wall["read_clean_dedup"])
+    n_read = sum(s["documents"] for s in report["read"]["sources"].values())
+    log.info("read %s documents (%.1f MB), kept %s in %.1f s", f"{n_read:,}", raw_bytes / 1e6, f"{len(corpus.docs):,}",
+             wall["read_clean_dedup"])
 
     t = time.perf_counter()
     pairs, clusters = near_duplicate_clusters(corpus, sample, near, report) if near else ([], [])

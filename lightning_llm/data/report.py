@@ -85,7 +85,7 @@ def markdown(r: dict) -> str:
                    f"similarity of {cfg['threshold']} or more. Matches are {action}. "
                    f"**{near['clusters']}** clusters hold {near['documents_in_clusters']} documents; "
                    f"{near['straddling_splits']} straddle splits.\n\n")
-        out.append(table(["documents", "split", "max Jaccard"],
+        out.append(table(["documents", "split", "max Jaccard (estimated)"],
                          [[", ".join(x["documents"][:6]) + (" ..." if len(x["documents"]) > 6 else ""),
                            "/".join(x["splits"]), x["max_jaccard"]] for x in near["largest"]]))
 
@@ -122,8 +122,8 @@ def markdown(r: dict) -> str:
                 row.append(pct(leak["ungrouped"][split]["share"]))
             rows.append(row)
         out.append(table(header, rows))
-        worst = sorted(((w["share"], w["id"], split) for split in ("val", "test") for w in leak["grouped"][split]["worst"]
-                        if w["share"] > 0), reverse=True)
+        worst = sorted(((w["share"], w["id"], split) for split in ("val", "test")
+                        for w in leak["grouped"][split]["worst"] if w["share"] > 0), reverse=True)
         if worst:
             out.append("\nHeld-out documents that share most with train: "
                        + ", ".join(f"{i} ({split}, {pct(share)})" for share, i, split in worst[:5]) + ".\n")

@@ -33,7 +33,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +46,7 @@ from lightning_llm.data.documents import Document
 from lightning_llm.data.leakage import LeakageConfig, NgramSample
 from lightning_llm.data.report import write_report
 from lightning_llm.data.sources import SourceConfig, Skipped, fingerprint, input_bytes, read_source
-from lightning_llm.data.split import SPLITS, SplitConfig, assign_splits, copies, group_pairs
+from lightning_llm.data.split import MISSING, SPLITS, SplitConfig, assign_splits, copies, group_pairs
 from lightning_llm.data.tokenizer import EOT, UNK, ShardEncoder, TokenizerConfig, train_tokenizer
 from lightning_llm.errors import UserError
 
@@ -170,7 +170,7 @@ class DocumentProcessor:
         text, changes = clean.transform(doc.text, self.clean_config)
         failed = clean.failed_filter(text, self.clean_config)
         clock.lap("clean")
-        out = Outcome(Document(doc.id, text, doc.source, doc.meta, doc.origin), raw_bytes, changes, failed)
+        out = Outcome(replace(doc, text=text), raw_bytes, changes, failed)
         if failed:
             out.seconds = clock.seconds
             return out
@@ -220,7 +220,7 @@ class Corpus:
     def add(self, doc: Document) -> int:
         data = doc.text.encode("utf-8")
         self.file.write(data)
-        self.docs.append(Document(doc.id, "", doc.source, doc.meta, doc.origin))
+        self.docs.append(replace(doc, text=""))  # the text lives in the spool
         self.spans.append((self.size, len(data)))
         self.chars.append(len(doc.text))
         self.size += len(data)
@@ -422,7 +422,7 @@ def split_corpus(corpus: Corpus, pairs: list[tuple[int, int]], config: SplitConf
         if config.stratify_by:
             by: dict[str, int] = {}
             for i in members:
-                stratum = strata[i] or "(none)"
+                stratum = strata[i] or MISSING
                 by[stratum] = by.get(stratum, 0) + corpus.chars[i]
             info["chars_by_stratum"] = dict(sorted(by.items()))
         summary[name] = info

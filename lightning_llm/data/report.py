@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from lightning_llm.artifacts import pyplot, save_figure
+
 
 def write_report(out: Path, report: dict, lengths: dict[str, list[int]]) -> None:
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
@@ -14,15 +16,12 @@ def write_report(out: Path, report: dict, lengths: dict[str, list[int]]) -> None
 
 
 def plot_lengths(lengths: dict[str, list[int]], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
     every = [n for values in lengths.values() for n in values]
     low = max(min(every), 1)
     bins = np.geomspace(low, max(max(every), 2 * low), 40)
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = pyplot().subplots(figsize=(7, 3.5))
     for split, values in lengths.items():
         if values:
             ax.hist(values, bins=bins, histtype="step", linewidth=1.5, label=f"{split} ({len(values)})")
@@ -31,8 +30,7 @@ def plot_lengths(lengths: dict[str, list[int]], path: Path) -> None:
     ax.set_ylabel("documents")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def table(header: list[str], rows: list[list]) -> str:

@@ -12,7 +12,6 @@ against its precision.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from lightning_llm.artifacts import pyplot, save_figure
 from lightning_llm.evaluation.passages import BalancedWindows
 from lightning_llm.model import GPT
 
@@ -87,11 +87,7 @@ def classification_metrics(confusion: np.ndarray, classes: list[str]) -> dict:
 
 def plot_confusions(matrices: dict[str, np.ndarray], classes: list[str], title: str, path: Path) -> None:
     """One panel per model, counts in the cells, shaded by the share of each true class."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(matrices), figsize=(4.2 * len(matrices), 4), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(matrices), figsize=(4.2 * len(matrices), 4), squeeze=False)
     for ax, (name, matrix) in zip(axes[0], matrices.items()):
         shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
         ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
@@ -103,7 +99,4 @@ def plot_confusions(matrices: dict[str, np.ndarray], classes: list[str], title: 
         ax.set_yticklabels(classes)
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=110)

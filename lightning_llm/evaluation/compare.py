@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from lightning_llm.errors import UserError
-from lightning_llm.evaluation.report import table, write_text
+from lightning_llm.artifacts import write_text
+from lightning_llm.evaluation.report import table
 
 COLUMNS = {"val/bpb": "val bpb", "test/bpb": "test bpb", "ngram/test/bpb": "n-gram test bpb",
            "test/ppl": "test ppl", "test/acc": "test acc", "gen/bleu": "BLEU", "ngram/gen/bleu": "n-gram BLEU",

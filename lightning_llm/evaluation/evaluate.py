@@ -31,7 +31,8 @@ from lightning_llm.evaluation.classify import (SequenceClassifier, classificatio
 from lightning_llm.evaluation.generation import continuation_scores, decode, diversity, transformer_continuations
 from lightning_llm.evaluation.lm import lm_metrics, score_tokens, utf8_bytes
 from lightning_llm.evaluation.ngram import KneserNey
-from lightning_llm.evaluation.report import write_outputs, write_text
+from lightning_llm.artifacts import write_text
+from lightning_llm.evaluation.report import write_outputs
 from lightning_llm.evaluation.samples import samples_markdown
 from lightning_llm.model import GPT
 from lightning_llm.model.io import load_pretrained, resolve_checkpoint

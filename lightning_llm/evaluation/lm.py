@@ -62,7 +62,7 @@ def score_tokens(model: GPT, tokens: np.ndarray, stride: int | None = None, batc
     for i in tqdm(range(0, len(starts), batch_size), desc=desc, leave=False):
         batch_starts = starts[i:i + batch_size]
         rows = torch.from_numpy(np.asarray(tokens[batch_starts[:, None] + offsets], dtype=np.int64)).to(device)
-        logits, _ = model(rows[:, :-1], rows[:, 1:])
+        logits = model.lm_head(model.features(rows[:, :-1]))  # every position; the loss is taken per target below
         targets = rows[:, 1:]
         loss = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none").cpu().numpy()
         hits = (logits.argmax(dim=-1) == targets).cpu().numpy()

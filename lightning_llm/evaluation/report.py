@@ -5,17 +5,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
+from lightning_llm.artifacts import write_json, write_text
+
 log = logging.getLogger("lightning_llm")
-
-
-def write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def fmt(value, digits: int = 4) -> str:
@@ -183,7 +178,7 @@ def classify_section(cls: dict) -> list[str]:
 
 def write_outputs(results: dict, out_dir: Path, run_dir: Path | None) -> None:
     results["headline"] = headline(results)
-    write_text(out_dir / "metrics.json", json.dumps(results, indent=2, default=str))
+    write_json(out_dir / "metrics.json", results)
     write_text(out_dir / "report.md", report_markdown(results))
     print(headline_markdown(results))
     log.info("eval: wrote %s and %s", out_dir / "report.md", out_dir / "metrics.json")
@@ -196,7 +191,7 @@ def record_in_run(run_dir: Path, flat: dict, out_dir: Path) -> None:
     path = run_dir / "run.json"
     record = json.loads(path.read_text())
     record["eval"] = {"at": time.strftime("%Y-%m-%d %H:%M:%S"), "report": str(out_dir / "report.md"), "metrics": flat}
-    write_text(path, json.dumps(record, indent=2, default=str))
+    write_json(path, record)
     loggers = (record.get("overrides") or {}).get("logger") or {}
     wandb_config = next((c for c in loggers.values() if "Wandb" in str((c or {}).get("_target_", ""))), None)
     if wandb_config is not None:

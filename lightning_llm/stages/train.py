@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import platform
 import subprocess
 import time
@@ -17,6 +15,7 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+from lightning_llm.artifacts import write_json, write_text
 from lightning_llm.errors import UserError
 from lightning_llm.model import GPT, GPTConfig, flops_per_token
 from lightning_llm.model.io import save_pretrained
@@ -52,17 +51,6 @@ def git_commit() -> str | None:
                               cwd=Path(__file__).parent).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
-
-
-def write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, payload: dict) -> None:
-    write_text(path, json.dumps(payload, indent=2, default=str))
 
 
 def find_resume_checkpoint(cfg: DictConfig) -> str | None:

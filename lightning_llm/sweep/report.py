@@ -3,7 +3,6 @@ best trial and parameter importances, the PNG plots, and best.yaml, a config `ll
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
@@ -12,8 +11,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
+from lightning_llm.artifacts import pyplot, save_figure, write_text
 from lightning_llm.stages.common import CONF_DIR
-from lightning_llm.stages.train import write_text
 from lightning_llm.sweep.objective import command, override
 from lightning_llm.sweep.space import SweepSpec
 from lightning_llm.sweep.study import RETRY
@@ -73,10 +72,7 @@ def importances(study: optuna.Study) -> dict[str, float] | str:
 
 def draw_plots(study: optuna.Study, study_dir: Path) -> dict[str, str]:
     """Each plot as a PNG; a plot the study cannot draw yet (too few trials) is skipped with its reason."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    pyplot()  # the file-only backend, before optuna's plots import pyplot
     import optuna.visualization.matplotlib as plots
 
     skipped = {}
@@ -90,10 +86,7 @@ def draw_plots(study: optuna.Study, study_dir: Path) -> dict[str, str]:
             continue
         figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
         figure.set_size_inches(9, 5)
-        tmp = study_dir / f".{name}.tmp.png"
-        figure.savefig(tmp, dpi=100, bbox_inches="tight")
-        plt.close(figure)
-        os.replace(tmp, study_dir / name)
+        save_figure(figure, study_dir / name, dpi=100, bbox_inches="tight")
     return skipped
 
 

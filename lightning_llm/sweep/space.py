@@ -16,8 +16,11 @@ from lightning_llm.errors import UserError
 from lightning_llm.stages.common import CONF_DIR, to_dataclass
 
 SWEEPS_DIR = Path(CONF_DIR).parent / "sweeps"
-SAMPLERS = ("grid", "random", "tpe", "cmaes", "qmc")
-PRUNERS = ("median", "hyperband", "threshold", "none")
+SAMPLERS = {"grid": optuna.samplers.GridSampler, "random": optuna.samplers.RandomSampler,
+            "tpe": optuna.samplers.TPESampler, "cmaes": optuna.samplers.CmaEsSampler,
+            "qmc": optuna.samplers.QMCSampler}
+PRUNERS = {"median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner,
+           "threshold": optuna.pruners.ThresholdPruner, "none": optuna.pruners.NopPruner}
 # The sweep-file keys that the command line may set too (conf/sweep.yaml holds them as null = "the file's").
 COMMAND_LINE_KEYS = ("n_trials", "timeout", "study_name", "storage")
 

@@ -16,16 +16,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from lightning_llm.errors import UserError
-from lightning_llm.sweep.space import SweepSpec
+from lightning_llm.sweep.space import PRUNERS, SAMPLERS, SweepSpec
 
 log = logging.getLogger("lightning_llm")
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
-SAMPLER_CLASSES = {"grid": optuna.samplers.GridSampler, "random": optuna.samplers.RandomSampler,
-                   "tpe": optuna.samplers.TPESampler, "cmaes": optuna.samplers.CmaEsSampler,
-                   "qmc": optuna.samplers.QMCSampler}
-PRUNER_CLASSES = {"median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner,
-                  "threshold": optuna.pruners.ThresholdPruner, "none": optuna.pruners.NopPruner}
 RETRY = RetryHeartbeatStaleTrialCallback()  # requeues a trial, same parameters, as a WAITING trial
 
 
@@ -81,7 +76,7 @@ def build_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
         raise UserError("sampler cmaes needs the `cmaes` package: pip install cmaes")
     extra = {"search_space": spec.grid()} if config.name == "grid" else {}
     try:
-        return SAMPLER_CLASSES[config.name](seed=config.seed, **extra, **config.options)
+        return SAMPLERS[config.name](seed=config.seed, **extra, **config.options)
     except (TypeError, ValueError) as err:
         raise UserError(f"sampler {config.name}: {err}") from None
 
@@ -89,7 +84,7 @@ def build_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
 def build_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
     config = spec.pruner
     try:
-        return PRUNER_CLASSES[config.name](**config.options)
+        return PRUNERS[config.name](**config.options)
     except (TypeError, ValueError) as err:
         raise UserError(f"pruner {config.name}: {err}") from None
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 import time
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from lightning.fabric.utilities.throughput import get_available_flops
 from lightning.pytorch.utilities import rank_zero_only
 from tokenizers import Tokenizer
 
+from lightning_llm.artifacts import pyplot, save_figure, write_text
 from lightning_llm.data.tokenizer import EOT
 from lightning_llm.model import flops_per_token
 
@@ -21,6 +21,8 @@ def measure_matmul_peak(device: torch.device, dtype: torch.dtype, size: int = 10
     """FLOP/s of a square matmul on this device: the denominator of MFU where no datasheet figure is known."""
     a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
     a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     repeats, start = 0, time.perf_counter()
     while repeats < 1 or time.perf_counter() - start < seconds:
         a @ b
@@ -56,22 +58,27 @@ class Throughput(pl.Callback):
             self.last = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize()
-        now = time.perf_counter()
-        self.elapsed += now - self.last
         self.tokens += batch[0].numel()
-        self.last = now
         stepped = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
-        if stepped and trainer.global_step % trainer.log_every_n_steps == 0 and self.elapsed > 0:
-            per_device = self.tokens / self.elapsed
-            pl_module.log_dict({"perf/tokens_per_s": per_device * trainer.world_size,
-                                "perf/mfu": per_device * self.flops_per_token / self.peak_flops},
-                               prog_bar=True, rank_zero_only=True)
+        if stepped and trainer.global_step % trainer.log_every_n_steps == 0:
+            self.stop_clock(pl_module)  # the only sync with the device: on logged steps
+            self.last = time.perf_counter()
+            if self.elapsed > 0:
+                per_device = self.tokens / self.elapsed
+                pl_module.log_dict({"perf/tokens_per_s": per_device * trainer.world_size,
+                                    "perf/mfu": per_device * self.flops_per_token / self.peak_flops},
+                                   prog_bar=True, rank_zero_only=True)
             self.elapsed = self.tokens = 0.0
 
     def on_validation_start(self, trainer, pl_module):
+        if self.last is not None:
+            self.stop_clock(pl_module)
         self.last = None
+
+    def stop_clock(self, pl_module):
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.elapsed += time.perf_counter() - self.last
 
 
 class LossPlot(pl.Callback):
@@ -92,10 +99,6 @@ class LossPlot(pl.Callback):
     def draw(self):
         if not self.metrics.exists():
             return
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         series: dict[str, tuple[list, list]] = {"train/loss": ([], []), "val/loss": ([], [])}
         with open(self.metrics) as f:
             for row in csv.DictReader(f):
@@ -103,7 +106,7 @@ class LossPlot(pl.Callback):
                     if row.get(name):
                         steps.append(int(row["step"]))
                         values.append(float(row[name]))
-        fig, ax = plt.subplots(figsize=(7, 4))
+        fig, ax = pyplot().subplots(figsize=(7, 4))
         for name, (steps, values) in series.items():
             if steps:
                 ax.plot(steps, values, label=name, marker="o" if name.startswith("val") else None,
@@ -111,11 +114,7 @@ class LossPlot(pl.Callback):
         ax.set(xlabel="step", ylabel="loss (nats per token)", title="loss")
         ax.grid(alpha=0.3)
         ax.legend()
-        self.png.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.png.with_suffix(".tmp.png")
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        os.replace(tmp, self.png)
+        save_figure(fig, self.png, dpi=110, bbox_inches="tight")
 
 
 class Samples(pl.Callback):
@@ -155,6 +154,4 @@ class Samples(pl.Callback):
         model.train(was_training)
         self.written_at = step
         if trainer.is_global_zero:
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text("\n".join(lines))
-            os.replace(tmp, self.path)
+            write_text(self.path, "\n".join(lines))

@@ -1,0 +1,37 @@
+"""Files that people and later stages read, written whole or not at all: a temporary file in
+the same folder, then a rename. Plain Python, so the core may use it too."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+def write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, payload) -> None:
+    write_text(path, json.dumps(payload, indent=2, default=str))
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only backend: runs have no display."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path, **savefig_kwargs) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, **savefig_kwargs)
+    pyplot().close(fig)
+    os.replace(tmp, path)

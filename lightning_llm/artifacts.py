@@ -19,6 +19,13 @@ def write_json(path: Path, payload) -> None:
     write_text(path, json.dumps(payload, indent=2, default=str))
 
 
+def markdown_table(header: list[str], rows: list[list], cell=str) -> str:
+    """A Markdown table; `cell` formats every value that is not already a string."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(v if isinstance(v, str) else cell(v) for v in row) + " |"
+                              for row in rows])
+
+
 def pyplot():
     """matplotlib.pyplot on the file-only backend: runs have no display."""
     import matplotlib

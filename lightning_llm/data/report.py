@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lightning_llm.artifacts import pyplot, save_figure
+from lightning_llm.artifacts import markdown_table, pyplot, save_figure
 
 
 def write_report(out: Path, report: dict, lengths: dict[str, list[int]]) -> None:
@@ -34,9 +34,7 @@ def plot_lengths(lengths: dict[str, list[int]], path: Path) -> None:
 
 
 def table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+    return markdown_table(header, rows) + "\n"  # the card's sections are joined without blank lines
 
 
 def pct(x: float) -> str:

@@ -11,6 +11,7 @@ documents in the shards, and optional BOS/EOS/PAD tokens for later stages; `char
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -59,6 +60,7 @@ class TokenizerConfig:
 
 
 def train_tokenizer(config: TokenizerConfig, texts: Iterable[str]) -> Tokenizer:
+    """BPE and unigram training show the library's own progress bars on a terminal."""
     specials = config.special_tokens()
     if config.kind == "char":
         return char_tokenizer(specials + char_vocabulary(texts, config, len(specials)))
@@ -68,7 +70,7 @@ def train_tokenizer(config: TokenizerConfig, texts: Iterable[str]) -> Tokenizer:
         tokenizer.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(vocab_size=config.vocab_size, min_frequency=config.min_frequency,
                                       special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                      show_progress=False)
+                                      show_progress=sys.stderr.isatty())
     else:
         tokenizer = Tokenizer(models.Unigram())
         # Pieces never span a line break: three times faster to train here, and lines stay lines.
@@ -76,7 +78,7 @@ def train_tokenizer(config: TokenizerConfig, texts: Iterable[str]) -> Tokenizer:
                                                            pre_tokenizers.Metaspace(prepend_scheme="never")])
         tokenizer.decoder = decoders.Metaspace(prepend_scheme="never")
         trainer = trainers.UnigramTrainer(vocab_size=config.vocab_size, special_tokens=specials, unk_token=UNK,
-                                          initial_alphabet=sorted(set("".join(specials))), show_progress=False)
+                                          initial_alphabet=sorted(set("".join(specials))), show_progress=sys.stderr.isatty())
     tokenizer.train_from_iterator(texts, trainer=trainer)
     if config.kind == "unigram":
         tokenizer = demote_special_pieces(tokenizer, specials)
@@ -148,6 +150,11 @@ class ShardEncoder:
             known = codes < len(self.table)
             out.append(np.where(known, self.table[np.where(known, codes, 0)], self.unk))
         return out
+
+
+def decode_text(tokenizer: Tokenizer, ids: list[int]) -> str:
+    """Readable text of generated ids: a document separator shows as a blank line."""
+    return tokenizer.decode(ids, skip_special_tokens=False).replace(EOT, "\n\n")
 
 
 def encode_prompt(tokenizer: Tokenizer, text: str) -> list[int]:

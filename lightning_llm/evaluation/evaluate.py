@@ -35,7 +35,7 @@ from lightning_llm.artifacts import write_text
 from lightning_llm.evaluation.report import write_outputs
 from lightning_llm.evaluation.samples import samples_markdown
 from lightning_llm.model import GPT
-from lightning_llm.model.io import load_pretrained, resolve_checkpoint
+from lightning_llm.model.io import load_pretrained, resolve_checkpoint, resolve_device
 
 log = logging.getLogger("lightning_llm")
 TASKS = ("lm", "ngram", "generation", "classify", "samples")
@@ -108,10 +108,7 @@ class EvalConfig:
         for name, value in positive.items():
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
-        if self.device == "auto":
-            self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        elif self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"device={self.device} but no CUDA GPU is visible: use device=cpu")
+        self.device = resolve_device(self.device)
 
 
 @dataclass

@@ -8,7 +8,7 @@ import logging
 import time
 from pathlib import Path
 
-from lightning_llm.artifacts import write_json, write_text
+from lightning_llm.artifacts import markdown_table, write_json, write_text
 
 log = logging.getLogger("lightning_llm")
 
@@ -22,9 +22,7 @@ def fmt(value, digits: int = 4) -> str:
 
 
 def table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(fmt(v) if not isinstance(v, str) else v for v in row) + " |"
-                              for row in rows])
+    return markdown_table(header, rows, cell=fmt)
 
 
 def headline(results: dict) -> dict[str, float]:

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from lightning_llm.data.tokenizer import EOT, encode_prompt
+from lightning_llm.data.tokenizer import EOT, decode_text, encode_prompt
 from lightning_llm.evaluation.ngram import KneserNey
 from lightning_llm.model import GPT
 
@@ -40,5 +40,5 @@ def samples_markdown(model: GPT, tokenizer: Tokenizer, prompts: list[str], tempe
 
 
 def fence(tokenizer: Tokenizer, ids: list[int]) -> str:
-    text = tokenizer.decode(ids, skip_special_tokens=False).replace(EOT, "\n\n").strip("\n")
+    text = decode_text(tokenizer, ids).strip("\n")
     return f"```text\n{text}\n```"

@@ -60,6 +60,15 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
+def resolve_device(device: str) -> str:
+    """`auto` is the GPU when one is visible; asking for CUDA without one is a user error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device} but no CUDA GPU is visible: use device=cpu")
+    return device
+
+
 def load_pretrained(path: str | Path, device: str = "cpu") -> tuple[GPT, Tokenizer]:
     path = resolve_checkpoint(path)
     try:

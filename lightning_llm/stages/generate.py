@@ -7,8 +7,8 @@ from dataclasses import dataclass, fields
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_llm.data.tokenizer import EOT, encode_prompt
-from lightning_llm.model.io import load_pretrained
+from lightning_llm.data.tokenizer import decode_text, encode_prompt
+from lightning_llm.model.io import load_pretrained, resolve_device
 from lightning_llm.stages.common import stage, to_dataclass
 
 
@@ -30,10 +30,7 @@ class GenerateConfig:
             raise ValueError("max_new_tokens, num_samples and top_k must be at least 1")
         if self.temperature < 0:
             raise ValueError(f"temperature must be at least 0 (0 is greedy), got {self.temperature}")
-        if self.device == "auto":
-            self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        elif self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"device={self.device} but no CUDA GPU is visible: use device=cpu")
+        self.device = resolve_device(self.device)
 
 
 @stage("generate")
@@ -45,6 +42,6 @@ def main(cfg: DictConfig) -> list[str]:
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
     idx = torch.tensor([ids] * args.num_samples, device=args.device)
     out = model.generate(idx, args.max_new_tokens, args.temperature, args.top_k, generator=generator)
-    texts = [tokenizer.decode(row.tolist(), skip_special_tokens=False).replace(EOT, "\n\n") for row in out]
+    texts = [decode_text(tokenizer, row.tolist()) for row in out]
     print(("\n" + "-" * 40 + "\n").join(texts))
     return texts

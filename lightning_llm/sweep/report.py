@@ -11,7 +11,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
-from lightning_llm.artifacts import pyplot, save_figure, write_text
+from lightning_llm.artifacts import markdown_table, pyplot, save_figure, write_text
 from lightning_llm.stages.common import CONF_DIR
 from lightning_llm.sweep.objective import command, override
 from lightning_llm.sweep.space import SweepSpec
@@ -43,17 +43,13 @@ def note(trial: FrozenTrial, retried_as: dict[int, int]) -> str:
     return ""
 
 
-def trials_table(trials: list[FrozenTrial], params: list[str], metric: str) -> list[str]:
+def trials_table(trials: list[FrozenTrial], params: list[str], metric: str) -> str:
     retried_as = {RETRY.retry_history(t)[-1]: t.number for t in trials if RETRY.retry_history(t)}
-    lines = ["| trial | state | " + metric + " | " + " | ".join(params) + " | seconds | note |",
-             "|" + "---|" * (len(params) + 5)]
-    for t in trials:
-        value = f"{t.value:.4f}" if t.value is not None else ""
-        seconds = f"{t.duration.total_seconds():.1f}" if t.duration else ""
-        cells = [str(t.number), t.state.name, value, *(format_value(t.params.get(p)) for p in params), seconds,
-                 note(t, retried_as).replace("|", "/")]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+    rows = [[str(t.number), t.state.name, f"{t.value:.4f}" if t.value is not None else "",
+             *(format_value(t.params.get(p)) for p in params),
+             f"{t.duration.total_seconds():.1f}" if t.duration else "", note(t, retried_as).replace("|", "/")]
+            for t in trials]
+    return markdown_table(["trial", "state", metric, *params, "seconds", "note"], rows)
 
 
 def format_value(value) -> str:
@@ -110,7 +106,7 @@ def write_report(study: optuna.Study, spec: SweepSpec, study_dir: Path, storage_
                   f"Train it again: `{best_command(study_dir)}` (see best.yaml).", ""]
     else:
         lines += ["No trial has completed yet.", ""]
-    lines += ["## Trials", "", *trials_table(trials, params, metric), ""]
+    lines += ["## Trials", "", trials_table(trials, params, metric), ""]
     lines += ["## Parameter importances", ""]
     found = importances(study) if len(complete) >= 2 else "not available: fewer than two completed trials"
     if isinstance(found, str):

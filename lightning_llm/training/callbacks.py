@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from tokenizers import Tokenizer
 
 from lightning_llm.artifacts import pyplot, save_figure, write_text
-from lightning_llm.data.tokenizer import EOT
+from lightning_llm.data.tokenizer import EOT, decode_text
 from lightning_llm.model import flops_per_token
 
 
@@ -149,7 +149,7 @@ class Samples(pl.Callback):
             ids = tokenizer.encode(prompt).ids if prompt else [tokenizer.token_to_id(EOT)]
             idx = torch.tensor([ids], device=pl_module.device)
             out = model.generate(idx, self.max_new_tokens, self.temperature, self.top_k, generator=generator)
-            text = tokenizer.decode(out[0].tolist(), skip_special_tokens=False).replace(EOT, "\n\n")
+            text = decode_text(tokenizer, out[0].tolist())
             lines += [f"## Prompt: {prompt!r}", "", "```text", text.strip("\n"), "```", ""]
         model.train(was_training)
         self.written_at = step

@@ -37,7 +37,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/harness_overhead.py
-	if [ -f bench/data_prep.py ]; then $(BIN)/python bench/data_prep.py default; fi
+	$(BIN)/python bench/data_prep.py default
 
 clean:
 	rm -rf $(VENV) outputs wandb

@@ -1,5 +1,7 @@
 """Files that people and later stages read, written whole or not at all: a temporary file in
-the same folder, then a rename. Plain Python, so the core may use it too."""
+the same folder, then a rename. The temporary name carries the process id, so two writers of
+one file (sweep workers sharing a study) never rename each other's half-written file.
+Plain Python, so the core may use it too."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from pathlib import Path
 
 def write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
 
@@ -38,7 +40,7 @@ def pyplot():
 
 def save_figure(fig, path: Path, **savefig_kwargs) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     fig.savefig(tmp, **savefig_kwargs)
     pyplot().close(fig)
     os.replace(tmp, path)

@@ -93,12 +93,14 @@ def test_resuming_from_a_checkpoint_of_another_shape_names_the_keys(trained):
     (["generate", "ckpt=pyproject.toml"], "is not a lightning-llm checkpoint"),
     (["nonsense"], "unknown stage"),
 ])
-def test_bad_input_fails_in_one_line(args, message, cache_root, prepared):
-    result = run(args, cache_root.parent, check=False)
+def test_bad_input_fails_in_one_line(args, message, cache_root, prepared, tmp_path):
+    run_dir = tmp_path / "refused"
+    result = run([*args, f"hydra.run.dir={run_dir}"], cache_root.parent, check=False)
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+    assert not run_dir.exists()  # a refused run leaves no empty run dir behind
 
 
 def test_prompt_with_unknown_characters_is_refused(trained):

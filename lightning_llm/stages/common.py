@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import shutil
 import sys
 import warnings
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -38,16 +40,26 @@ def stage(name: str):
             try:
                 return fn(cfg)
             except UserError as err:
-                print(f"error: {err}", file=sys.stderr)
-                sys.exit(2)
+                message = str(err)
             except config_errors() as err:
                 # A config value the target (Trainer, optimizer, logger) refused: say which, in one line.
-                print(f"error: config: {' '.join(str(err).split())[:500]}", file=sys.stderr)
-                sys.exit(2)
+                message = f"config: {' '.join(str(err).split())[:500]}"
+            print(f"error: {message}", file=sys.stderr)
+            discard_unused_run_dir()
+            sys.exit(2)
 
         return main
 
     return wrap
+
+
+def discard_unused_run_dir() -> None:
+    """A refused run leaves no run dir behind, so outputs/ lists only runs that did something.
+    Only a dir holding nothing but Hydra's own files (.hydra/ and the job log) is removed."""
+    hydra_config = HydraConfig.get()
+    run_dir = Path(hydra_config.runtime.output_dir)
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", f"{hydra_config.job.name}.log"}:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def config_errors() -> tuple[type[Exception], ...]:

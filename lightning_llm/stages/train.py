@@ -18,7 +18,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from lightning_llm.artifacts import write_json, write_text
 from lightning_llm.errors import UserError
 from lightning_llm.model import GPT, GPTConfig, flops_per_token
-from lightning_llm.model.io import save_pretrained
+from lightning_llm.model.io import load_pretrained, save_pretrained
 from lightning_llm.stages.common import log, stage, to_dataclass
 from lightning_llm.stages.prepare import prepared_data
 from lightning_llm.training.datamodule import TokenDataModule
@@ -163,11 +163,11 @@ def train(cfg: DictConfig, extra_callbacks: tuple[pl.Callback, ...] = ()) -> dic
         checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
         if best and checkpoint.best_model_score is not None:
-            best_state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-            weights = {k.removeprefix("model."): v for k, v in best_state.items() if k.startswith("model.")}
+            exported, _ = load_pretrained(best)
             metrics["best_val/loss"] = round(float(checkpoint.best_model_score), 6)
-        exported = GPT(model_config)
-        exported.load_state_dict(weights)
+        else:
+            exported = GPT(model_config)
+            exported.load_state_dict(weights)
         save_pretrained(exported, module.tokenizer_json, run_dir / "model")
         record = {
             "experiment": cfg.experiment_name, "run_dir": str(run_dir), "git_commit": git_commit(),

@@ -29,6 +29,8 @@ def test_special_tokens_are_configurable():
     assert tokenizer.token_to_id("<|bos|>") is None and tokenizer.token_to_id("[PAD]") is not None
     with pytest.raises(ValueError, match="distinct"):
         TokenizerConfig(pad=EOT)
+    with pytest.raises(ValueError, match="longer than one character"):
+        TokenizerConfig(kind="char", bos="\x02")
 
 
 def test_char_tokenizer_has_one_token_per_character():

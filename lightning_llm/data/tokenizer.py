@@ -40,6 +40,10 @@ class TokenizerConfig:
         specials = self.special_tokens()
         if len(set(specials)) != len(specials) or any(not s for s in specials):
             raise ValueError(f"tokenizer special tokens must be distinct and non-empty, got {specials}")
+        if any(len(s) == 1 for s in specials):
+            # one character is text: the char tokenizer would read it from documents as the special token
+            raise ValueError(f"special tokens must be longer than one character, got {specials}: "
+                             "use a form like <|bos|>")
         if self.kind == "bpe" and self.vocab_size < 256 + len(specials) + 1:
             raise ValueError(f"a byte-level BPE vocabulary needs more than {256 + len(specials)} tokens "
                              f"(256 bytes and the special tokens), got {self.vocab_size}")
@@ -119,7 +123,7 @@ def char_tokenizer(vocabulary: list[str]) -> Tokenizer:
     tokenizer = Tokenizer(models.WordLevel({token: i for i, token in enumerate(vocabulary)}, unk_token=UNK))
     tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     tokenizer.decoder = decoders.Fuse()
-    tokenizer.add_special_tokens([t for t in vocabulary if len(t) > 1])
+    tokenizer.add_special_tokens([t for t in vocabulary if len(t) > 1])  # specials are never one character
     return tokenizer
 
 

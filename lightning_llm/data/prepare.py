@@ -46,7 +46,7 @@ from lightning_llm.data.documents import Document
 from lightning_llm.data.leakage import LeakageConfig, NgramSample
 from lightning_llm.data.report import write_report
 from lightning_llm.data.sources import SourceConfig, Skipped, fingerprint, input_bytes, read_source
-from lightning_llm.data.split import MISSING, SPLITS, SplitConfig, assign_splits, copies, group_pairs
+from lightning_llm.data.split import MISSING, SPLITS, SplitConfig, assign_splits, copies, split_of_documents
 from lightning_llm.data.tokenizer import EOT, UNK, ShardEncoder, TokenizerConfig, train_tokenizer
 from lightning_llm.errors import UserError
 
@@ -399,17 +399,12 @@ def near_duplicate_clusters(corpus: Corpus, sample: NgramSample | None, near: Ne
 
 def split_corpus(corpus: Corpus, pairs: list[tuple[int, int]], config: SplitConfig, report: dict):
     """The split of each kept document, and each document's stratum."""
-    n = len(corpus.docs)
     for key in (config.group_by, config.stratify_by):
         if key and key not in ("id", "source") and not any(key in d.meta for d in corpus.docs):
             known = sorted({k for d in corpus.docs[:1000] for k in d.meta})
             raise UserError(f"data.split: no document has the metadata field {key!r}; "
                             f"fields: {', '.join(known) or 'none'} (or use id, source, null)")
-    values = [d.key(config.group_by) for d in corpus.docs] if config.group_by else [None] * n
-    groups = components(n, group_pairs(values) + pairs)
-    strata = [d.key(config.stratify_by) if config.stratify_by else None for d in corpus.docs]
-    names = [v if v is not None else d.id for v, d in zip(values, corpus.docs)]
-    split_of = assign_splits(names, corpus.chars, strata, groups, config)
+    split_of, strata, groups = split_of_documents(corpus.docs, corpus.chars, config, pairs)
     for name in SPLITS:
         if name not in split_of and (name == "train" or getattr(config, name) > 0):
             raise UserError(f"the {name} split is empty: the corpus has too few groups "

@@ -85,14 +85,21 @@ def assign_splits(names: list[str], sizes: list[int], strata: list[str | None], 
     return split_of
 
 
-def split_documents(docs: list[Document], config: SplitConfig,
-                    near_pairs: list[tuple[int, int]] = ()) -> dict[str, list[Document]]:
-    """Documents by split, in their given order; near_pairs index docs that must stay together."""
+def split_of_documents(docs: list, sizes: list[int], config: SplitConfig, near_pairs: list[tuple[int, int]] = ()
+                       ) -> tuple[list[str], list[str | None], np.ndarray]:
+    """Each document's split, its stratum and its group label. A group joins the documents that
+    share the group_by value with those near_pairs (indices into docs) links."""
     values = [d.key(config.group_by) for d in docs] if config.group_by else [None] * len(docs)
     groups = components(len(docs), group_pairs(values) + list(near_pairs))
     strata = [d.key(config.stratify_by) if config.stratify_by else None for d in docs]
     names = [value if value is not None else d.id for value, d in zip(values, docs)]
-    split_of = assign_splits(names, [len(d.text) for d in docs], strata, groups, config)
+    return assign_splits(names, sizes, strata, groups, config), strata, groups
+
+
+def split_documents(docs: list[Document], config: SplitConfig,
+                    near_pairs: list[tuple[int, int]] = ()) -> dict[str, list[Document]]:
+    """Documents by split, in their given order; near_pairs index docs that must stay together."""
+    split_of, _, _ = split_of_documents(docs, [len(d.text) for d in docs], config, near_pairs)
     out: dict[str, list[Document]] = {s: [] for s in SPLITS}
     for doc, split in zip(docs, split_of):
         out[split].append(doc)

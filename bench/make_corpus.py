@@ -3,7 +3,7 @@
 Documents are runs of random lines of the built-in Shakespeare corpus (so the text, its
 alphabet and its word lengths are real), with metadata `genre` and `author_group`, and
 with what a real crawl holds: 1% exact copies (case and spacing changed), 2% near
-copies (a tenth of the lines replaced), and a few bad lines (not JSON, no text field).
+copies (a twentieth of the lines replaced), and a few bad lines (not JSON, no text field).
 
     python bench/make_corpus.py /tmp/corpus_1g --gigabytes 1
 """

@@ -267,3 +267,8 @@ def test_an_unknown_task_is_refused_before_any_work():
     with pytest.raises(UserError, match=r"unknown task\(s\) \['bleu'\]; tasks are lm, ngram, generation, classify, "
                                         r"samples"):
         eval_config(["ckpt=outputs/no_such_run", "tasks=[lm,bleu]"])
+
+
+def test_a_stride_below_one_is_refused_before_any_work():
+    with pytest.raises(UserError, match="lm.stride must be at least 1, got -4"):
+        eval_config(["ckpt=outputs/no_such_run", "lm.stride=-4"])

@@ -75,12 +75,23 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, c
 
 
 def test_throughput_mfu_and_grad_norm_are_logged_and_tensorboard_writes(tmp_path, cache_root, prepared):
-    run_dir, _ = train_in_process(tmp_path, cache_root, ["logger=tensorboard", "trainer.log_every_n_steps=5"])
+    import lightning.pytorch as pl
+
+    class RecordNorms(pl.Callback):  # the true pre-clipping norm of every step
+        norms: dict[int, float] = {}
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+            self.norms[trainer.global_step] = torch.nn.utils.get_total_norm(grads).item()
+
+    run_dir, _ = train_in_process(tmp_path, cache_root, ["logger=tensorboard", "trainer.log_every_n_steps=5"],
+                                  [RecordNorms()])
     rows = metrics(run_dir)
     tokens_per_s, mfu, norms = column(rows, "perf/tokens_per_s"), column(rows, "perf/mfu"), column(rows, "train/grad_norm")
     assert len(tokens_per_s) == 6 and sorted(tokens_per_s) == sorted(mfu) == sorted(column(rows, "train/loss"))
     assert all(v > 100 for v in tokens_per_s.values()) and all(0 < v < 1 for v in mfu.values())
-    assert norms and all(v > 0 for v in norms.values())
+    assert sorted(norms) == sorted(column(rows, "train/loss"))  # each logged step's own norm, not a stale one
+    assert all(v == pytest.approx(RecordNorms.norms[step], rel=1e-4) for step, v in norms.items())
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
 
 

@@ -150,3 +150,11 @@ def components(n: int, pairs: list[tuple[int, int]]) -> np.ndarray:
     a, b = np.array(pairs, dtype=np.int64).T
     graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
     return connected_components(graph, directed=False)[1]
+
+
+def labels_to_groups(labels: np.ndarray) -> list[list[int]]:
+    """Indices by label, each list in index order, labels in order of first appearance."""
+    groups: dict[int, list[int]] = {}
+    for i, label in enumerate(labels.tolist()):
+        groups.setdefault(label, []).append(i)
+    return list(groups.values())

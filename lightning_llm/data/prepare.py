@@ -39,9 +39,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from lightning_llm.artifacts import write_json
 from lightning_llm.data import clean, ngrams
 from lightning_llm.data.clean import CleanConfig
-from lightning_llm.data.dedup import DedupConfig, NearDuplicates, Signer, components, exact_key
+from lightning_llm.data.dedup import DedupConfig, NearDuplicates, Signer, components, exact_key, labels_to_groups
 from lightning_llm.data.documents import Document
 from lightning_llm.data.leakage import LeakageConfig, NgramSample
 from lightning_llm.data.report import write_report
@@ -428,13 +429,6 @@ def split_corpus(corpus: Corpus, pairs: list[tuple[int, int]], config: SplitConf
     return split_of, strata
 
 
-def labels_to_groups(labels: np.ndarray) -> list[list[int]]:
-    groups: dict[int, list[int]] = {}
-    for i, label in enumerate(labels.tolist()):
-        groups.setdefault(label, []).append(i)
-    return list(groups.values())
-
-
 def leakage_report(sample: NgramSample, corpus: Corpus, split_of: list[str], strata: list, data: DataConfig) -> dict:
     ids = [d.id for d in corpus.docs]
     out = {"ngram": data.leakage.ngram, "unit": "word", "sample_rate": sample.rate,
@@ -458,7 +452,7 @@ def write_shards(corpus: Corpus, split_of: list[str], weights: dict[str, float],
     dtype = np.dtype(np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32)
     eot, unk = tokenizer.token_to_id(EOT), tokenizer.token_to_id(UNK)
     encoder, separator = ShardEncoder(tokenizer), np.array([eot])
-    stats = {s: {"tokens": 0, "bytes": 0, "documents": 0, "unknown": 0, "left_out_by_weight": 0,
+    stats = {s: {"tokens": 0, "bytes": 0, "documents": 0, "left_out_by_weight": 0,
                  "counts": np.zeros(vocab_size, dtype=np.int64)} for s in SPLITS}
     shards = {s: open(out / f"{s}.bin", "wb") for s in SPLITS}
     bar = tqdm(total=corpus.size, unit="B", unit_scale=True, desc="tokenize", disable=None, file=sys.stderr)
@@ -473,8 +467,6 @@ def write_shards(corpus: Corpus, split_of: list[str], weights: dict[str, float],
                 info = stats[split]
                 times = copies(doc.id, weights[doc.source], seed) if split == "train" else 1
                 info["left_out_by_weight"] += times == 0
-                if unk is not None:
-                    info["unknown"] += times * int((ids == unk).sum())
                 for _ in range(times):
                     rows[split] += [ids, separator]
                     index.write(json.dumps({"id": doc.id, "source": doc.source, "split": split, "meta": doc.meta,
@@ -494,9 +486,10 @@ def write_shards(corpus: Corpus, split_of: list[str], weights: dict[str, float],
         f.close()
     meta_splits, token_stats = {}, {}
     for split, info in stats.items():
+        unknown = int(info["counts"][unk]) if unk is not None else 0  # the shard's own count, copies included
         meta_splits[split] = {"tokens": info["tokens"], "bytes": info["bytes"], "documents": info["documents"],
                               "bytes_per_token": round(info["bytes"] / max(info["tokens"], 1), 4)}
-        token_stats[split] = {**meta_splits[split], "unknown_rate": round(info["unknown"] / max(info["tokens"], 1), 6),
+        token_stats[split] = {**meta_splits[split], "unknown_rate": round(unknown / max(info["tokens"], 1), 6),
                               "vocab_used": round(float((info["counts"] > 0).mean()), 4),
                               "left_out_by_weight": info["left_out_by_weight"]}
     return meta_splits, {"dtype": dtype.name, "eot_id": eot, "splits": token_stats}
@@ -560,4 +553,4 @@ def build(data: DataConfig, tok_config: TokenizerConfig, out: Path) -> None:
             "eot_id": token_report["eot_id"], "tokenizer": tok_config.kind, "special_tokens": specials,
             "pipeline_version": PIPELINE_VERSION, "splits": meta_splits}
     write_report(out, report, lengths={s: [corpus.chars[i] for i, x in enumerate(split_of) if x == s] for s in SPLITS})
-    (out / "meta.json").write_text(json.dumps(meta, indent=2))
+    write_json(out / "meta.json", meta)

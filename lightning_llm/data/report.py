@@ -3,16 +3,15 @@ written beside the shards."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from lightning_llm.artifacts import markdown_table, pyplot, save_figure
+from lightning_llm.artifacts import markdown_table, pyplot, save_figure, write_json, write_text
 
 
 def write_report(out: Path, report: dict, lengths: dict[str, list[int]]) -> None:
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    write_json(out / "report.json", report)
     plot_lengths(lengths, out / "lengths.png")
-    (out / "report.md").write_text(markdown(report))
+    write_text(out / "report.md", markdown(report))
 
 
 def plot_lengths(lengths: dict[str, list[int]], path: Path) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import xxhash
 
-from lightning_llm.data.dedup import components
+from lightning_llm.data.dedup import components, labels_to_groups
 from lightning_llm.data.documents import Document
 
 SPLITS = ("train", "val", "test")
@@ -54,11 +54,8 @@ def assign_splits(names: list[str], sizes: list[int], strata: list[str | None], 
     so the seeded order does not depend on input order, and its stratum is the one that holds
     most of its characters."""
     targets = {"train": 1 - config.val - config.test, "val": config.val, "test": config.test}
-    members: dict[int, list[int]] = defaultdict(list)
-    for i, label in enumerate(groups.tolist()):
-        members[label].append(i)
     by_stratum: dict[str, list[tuple[str, list[int]]]] = defaultdict(list)
-    for docs in members.values():
+    for docs in labels_to_groups(groups):
         weight: dict[str, int] = defaultdict(int)
         for i in docs:
             weight[strata[i] or MISSING] += sizes[i]

@@ -49,7 +49,7 @@ def fine_tune(classifier: SequenceClassifier, batches: BalancedWindows, steps: i
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
     return losses
 
 
@@ -78,10 +78,10 @@ def classification_metrics(confusion: np.ndarray, classes: list[str]) -> dict:
         f1 = None if recall is None else (2 * precision * recall / (precision + recall) if precision + recall else 0.0)
         per_class[name] = {"precision": precision, "recall": recall, "f1": f1, "support": int(support[i]),
                            "predicted": int(predicted[i])}
-    present = [per_class[name] for name, n in zip(classes, support) if n]
-    macro = {key: float(np.mean([row[key] for row in present])) for key in ("precision", "recall", "f1")}
+    in_macro = [name for name, n in zip(classes, support) if n]
+    macro = {key: float(np.mean([per_class[name][key] for name in in_macro])) for key in ("precision", "recall", "f1")}
     return {"accuracy": float(tp.sum() / confusion.sum()), "macro": macro, "per_class": per_class,
-            "classes_in_macro": [name for name, n in zip(classes, support) if n],
+            "classes_in_macro": in_macro,
             "confusion": confusion.tolist()}
 
 

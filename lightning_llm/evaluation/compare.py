@@ -53,6 +53,5 @@ def compare(patterns: list[str], out: Path) -> str:
     if not patterns:
         raise UserError("runs is empty: pass runs=[<run dir>,<run dir>,...]")
     text = compare_markdown(expand(patterns))
-    out.parent.mkdir(parents=True, exist_ok=True)
     write_text(out, "# Runs compared\n\n" + text + "\n")
     return text

@@ -104,7 +104,8 @@ class EvalConfig:
                     "generation.passages": self.generation.passages,
                     "generation.prompt_tokens": self.generation.prompt_tokens,
                     "generation.new_tokens": self.generation.new_tokens, "classify.steps": self.classify.steps,
-                    "classify.batch_size": self.classify.batch_size, "samples.new_tokens": self.samples.new_tokens}
+                    "classify.batch_size": self.classify.batch_size, "samples.new_tokens": self.samples.new_tokens,
+                    **({"lm.stride": self.lm.stride} if self.lm.stride is not None else {})}
         for name, value in positive.items():
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
@@ -189,7 +190,6 @@ class Evaluation:
     def run(self) -> dict:
         started = time.time()
         passages = self.check_inputs()
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         results = {"ckpt": str(self.target.checkpoint), "run_dir": str(self.target.run_dir or ""),
                    "data_dir": str(self.target.data_dir), "tokenizer": self.meta.get("tokenizer"),
                    "model": {**self.model.config.to_dict(), "parameters": self.model.num_params()},
@@ -222,7 +222,8 @@ class Evaluation:
             nats, correct = score_tokens(self.model, tokens, self.config.lm.stride, self.config.batch_size,
                                          self.config.device, desc=f"lm {split}")
             out[split] = lm_metrics(nats, n_bytes, correct)
-        return {"stride": self.config.lm.stride or self.model.config.block_size, "splits": out}
+        block_size = self.model.config.block_size
+        return {"stride": min(self.config.lm.stride or block_size, block_size), "splits": out}
 
     def fitted_ngram(self) -> KneserNey:
         if self._ngram is None:
@@ -254,7 +255,7 @@ class Evaluation:
         references = decode(self.tokenizer, truth)
         texts = {name: decode(self.tokenizer, ids) for name, ids in systems.items()}
         examples = [{"prompt": p, "reference": r, **{name: texts[name][i] for name in texts}}
-                    for i, (p, r) in enumerate(zip(decode(self.tokenizer, prompts), references)) if i < 3]
+                    for i, (p, r) in enumerate(zip(decode(self.tokenizer, prompts[:3]), references))]
         return {"passages": g.passages, "prompt_tokens": g.prompt_tokens, "new_tokens": g.new_tokens,
                 "temperature": g.temperature, "top_k": g.top_k, "ngram_order": ngram.order,
                 **{name: continuation_scores(texts[name], references) for name in texts},

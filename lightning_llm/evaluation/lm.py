@@ -64,7 +64,8 @@ def score_tokens(model: GPT, tokens: np.ndarray, stride: int | None = None, batc
         rows = torch.from_numpy(np.asarray(tokens[batch_starts[:, None] + offsets], dtype=np.int64)).to(device)
         logits = model.lm_head(model.features(rows[:, :-1]))  # every position; the loss is taken per target below
         targets = rows[:, 1:]
-        loss = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none").cpu().numpy()
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
+        loss = loss.view_as(targets).cpu().numpy()
         hits = (logits.argmax(dim=-1) == targets).cpu().numpy()
         for row, (start, skip) in enumerate(zip(batch_starts, first_new[i:i + batch_size])):
             nats[start + skip:start + window] = loss[row, skip:]

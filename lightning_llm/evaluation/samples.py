@@ -6,14 +6,9 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from lightning_llm.data.tokenizer import EOT, decode_text, encode_prompt
+from lightning_llm.data.tokenizer import decode_text, prompt_ids
 from lightning_llm.evaluation.ngram import KneserNey
 from lightning_llm.model import GPT
-
-
-def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
-    """An empty prompt starts a new document."""
-    return encode_prompt(tokenizer, prompt) if prompt else [tokenizer.token_to_id(EOT)]
 
 
 def samples_markdown(model: GPT, tokenizer: Tokenizer, prompts: list[str], temperatures: list[float],

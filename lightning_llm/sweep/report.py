@@ -112,7 +112,7 @@ def write_report(study: optuna.Study, spec: SweepSpec, study_dir: Path, storage_
     if isinstance(found, str):
         lines += [found, ""]
     else:
-        lines += ["| parameter | importance |", "|---|---|", *(f"| `{p}` | {v:.3f} |" for p, v in found.items()), ""]
+        lines += [markdown_table(["parameter", "importance"], [[f"`{p}`", f"{v:.3f}"] for p, v in found.items()]), ""]
     skipped = draw_plots(study, study_dir)
     lines += ["## Plots", ""]
     for name, (_, caption) in PLOTS.items():

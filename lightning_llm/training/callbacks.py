@@ -7,25 +7,28 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 import lightning.pytorch as pl
 from lightning.fabric.utilities.throughput import get_available_flops
 from lightning.pytorch.utilities import rank_zero_only
 from tokenizers import Tokenizer
 
 from lightning_llm.artifacts import pyplot, save_figure, write_text
-from lightning_llm.data.tokenizer import EOT, decode_text
+from lightning_llm.data.tokenizer import decode_text, prompt_ids
 from lightning_llm.model import flops_per_token
 
 
 def measure_matmul_peak(device: torch.device, dtype: torch.dtype, size: int = 1024, seconds: float = 0.3) -> float:
-    """FLOP/s of a square matmul on this device: the denominator of MFU where no datasheet figure is known."""
+    """FLOP/s of a square matmul on this device: the denominator of MFU where no datasheet figure is known.
+    Timed in nn.Linear's layout, the one the model runs (a plain bf16 `a @ b` takes a far slower
+    kernel on CPUs without native bf16: docs/benchmarks.md)."""
     a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
-    a @ b
+    F.linear(a, b)
     if device.type == "cuda":
         torch.cuda.synchronize()
     repeats, start = 0, time.perf_counter()
     while repeats < 1 or time.perf_counter() - start < seconds:
-        a @ b
+        F.linear(a, b)
         repeats += 1
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -45,7 +48,8 @@ class Throughput(pl.Callback):
 
     def on_fit_start(self, trainer, pl_module):
         self.flops_per_token = flops_per_token(pl_module.model)
-        dtype = torch.bfloat16 if "bf16" in str(trainer.precision) else torch.float32
+        precision = str(trainer.precision)
+        dtype = torch.bfloat16 if "bf16" in precision else torch.float16 if "16" in precision else torch.float32
         device = pl_module.device
         if self.peak_tflops:
             self.peak_flops = self.peak_tflops * 1e12
@@ -61,7 +65,7 @@ class Throughput(pl.Callback):
         self.tokens += batch[0].numel()
         stepped = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
         if stepped and trainer.global_step % trainer.log_every_n_steps == 0:
-            self.stop_clock(pl_module)  # the only sync with the device: on logged steps
+            self.stop_clock(pl_module)  # this callback's only device sync: on logged steps
             self.last = time.perf_counter()
             if self.elapsed > 0:
                 per_device = self.tokens / self.elapsed
@@ -128,6 +132,11 @@ class Samples(pl.Callback):
         self.temperature, self.top_k, self.seed = temperature, top_k, seed
         self.written_at: int | None = None
 
+    def on_fit_start(self, trainer, pl_module):
+        tokenizer = Tokenizer.from_str(pl_module.tokenizer_json)
+        for prompt in self.prompts:  # a prompt the tokenizer cannot encode fails now, not at the first sample
+            prompt_ids(tokenizer, prompt)
+
     def on_validation_end(self, trainer, pl_module):
         if not trainer.sanity_checking:
             self.write(trainer, pl_module)
@@ -146,8 +155,7 @@ class Samples(pl.Callback):
         lines = [f"# Samples at step {step}", "",
                  f"temperature {self.temperature}, top-k {self.top_k}, {self.max_new_tokens} new tokens, seed {self.seed}", ""]
         for prompt in self.prompts:
-            ids = tokenizer.encode(prompt).ids if prompt else [tokenizer.token_to_id(EOT)]
-            idx = torch.tensor([ids], device=pl_module.device)
+            idx = torch.tensor([prompt_ids(tokenizer, prompt)], device=pl_module.device)
             out = model.generate(idx, self.max_new_tokens, self.temperature, self.top_k, generator=generator)
             text = decode_text(tokenizer, out[0].tolist())
             lines += [f"## Prompt: {prompt!r}", "", "```text", text.strip("\n"), "```", ""]

@@ -61,8 +61,9 @@ class LanguageModel(pl.LightningModule):
         return loss
 
     def on_before_optimizer_step(self, optimizer):
-        # Before clipping, when a step is logged: the norm tells whether clipping is doing the work.
-        if self.global_step % self.trainer.log_every_n_steps == 0:
+        # Before clipping, on the steps Lightning writes (it counts them from one): the norm tells
+        # whether clipping is doing the work.
+        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
             norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
             if isinstance(norm, DTensor):  # sharded under FSDP: every rank holds a part of the sum
                 norm = norm.full_tensor()

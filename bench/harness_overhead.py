@@ -25,7 +25,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger
 
 from lightning_llm.model import GPT, GPTConfig
-from lightning_llm.stages.common import CONF_DIR, to_dataclass
+from lightning_llm.config import CONF_DIR, to_dataclass
 from lightning_llm.stages.prepare import prepared_data
 from lightning_llm.training.datamodule import RandomWindows, TokenDataModule
 from lightning_llm.training.module import LanguageModel

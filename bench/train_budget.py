@@ -17,7 +17,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from lightning_llm.model import GPT, GPTConfig, flops_per_token
-from lightning_llm.stages.common import CONF_DIR
+from lightning_llm.config import CONF_DIR
 from lightning_llm.stages.prepare import prepared_data
 from lightning_llm.training.datamodule import FixedWindows, RandomWindows
 

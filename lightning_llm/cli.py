@@ -27,7 +27,7 @@ def check_overrides(stage: str, args: list[str]) -> None:
         return
     from hydra import compose, initialize_config_dir
 
-    from lightning_llm.stages.common import CONF_DIR
+    from lightning_llm.config import CONF_DIR, one_line
 
     overrides = [arg for arg in args if not arg.lstrip("+~").startswith("hydra.")]
     try:
@@ -36,16 +36,6 @@ def check_overrides(stage: str, args: list[str]) -> None:
     except Exception as err:  # Hydra raises several types; each is a config mistake here
         print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
-
-
-def one_line(err: Exception) -> str:
-    if "Lexer" in type(err).__name__ or "OverrideParse" in type(err).__name__:
-        return (f"cannot parse the override {str(err).splitlines()[0].split(': ', 1)[-1]!r}: quote a value "
-                "with spaces or symbols, e.g. 'prompt=\"ROMEO: Hark\"'")
-    text = str(err).split("Config search path")[0]
-    lines = [ln.strip() for ln in text.splitlines()
-             if ln.strip() and not ln.strip().startswith(("full_key:", "object_type=", "reference_type="))]
-    return " ".join(lines).replace("\t", " ")
 
 
 def wandb_configured() -> bool:

@@ -7,7 +7,7 @@ import os
 import pytest
 from hydra import compose, initialize_config_dir
 
-from lightning_llm.stages.common import CONF_DIR
+from lightning_llm.config import CONF_DIR
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 

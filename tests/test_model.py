@@ -85,7 +85,7 @@ def test_impossible_configs_fail_clearly(bad, message):
                                             ("gpt2-124m", 124_439_808), ("llama-small", None)])
 def test_every_preset_builds(preset, params):
     from conftest import compose_config
-    from lightning_llm.stages.common import to_dataclass
+    from lightning_llm.config import to_dataclass
 
     cfg = compose_config("train", [f"model={preset}"])
     vocab = 50257 if preset == "gpt2-124m" else 90

@@ -156,7 +156,7 @@ def test_nothing_usable_is_one_error_line_and_a_nonzero_exit(tmp_path):
 ])
 def test_every_data_config_composes_into_a_valid_pipeline_config(overrides, sources):
     from conftest import compose_config
-    from lightning_llm.stages.common import to_dataclass
+    from lightning_llm.config import to_dataclass
 
     cfg = compose_config("prepare", overrides)
     data = to_dataclass(DataConfig, cfg.data, "data")
@@ -167,7 +167,7 @@ def test_every_data_config_composes_into_a_valid_pipeline_config(overrides, sour
 def test_config_mistakes_are_one_line_user_errors():
     from conftest import compose_config
     from lightning_llm.errors import UserError
-    from lightning_llm.stages.common import to_dataclass
+    from lightning_llm.config import to_dataclass
 
     for overrides, message in ((["data=text_files"], "needs paths"),
                                (["data.dedup.near.action=merge"], "group or drop"),

@@ -35,7 +35,7 @@ from lightning_llm.artifacts import write_text
 from lightning_llm.evaluation.report import write_outputs
 from lightning_llm.evaluation.samples import samples_markdown
 from lightning_llm.model import GPT
-from lightning_llm.model.io import load_pretrained, resolve_checkpoint, resolve_device
+from lightning_llm.model.io import Artifact, load_artifact, resolve_checkpoint, resolve_device, run_dir_of
 
 log = logging.getLogger("lightning_llm")
 TASKS = ("lm", "ngram", "generation", "classify", "samples")
@@ -116,6 +116,7 @@ class EvalConfig:
 class Target:
     """What is evaluated and where: the checkpoint, its run dir (if any), data and output folders."""
 
+    artifact: Artifact
     checkpoint: Path
     run_dir: Path | None
     data_dir: Path
@@ -127,16 +128,9 @@ def locate(config: EvalConfig) -> Target:
     checkpoint = resolve_checkpoint(config.ckpt)
     if checkpoint.is_dir() and not (checkpoint / "tokenizer.json").exists():
         raise UserError(f"ckpt={checkpoint} has no tokenizer.json: evaluate a run dir or the model/ folder of a run")
-    if checkpoint.is_file():
-        try:
-            has_tokenizer = "tokenizer_json" in torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-        except Exception:  # not a checkpoint at all: load_pretrained says so in its own words
-            has_tokenizer = True
-        if not has_tokenizer:
-            raise UserError(f"ckpt={checkpoint} holds no tokenizer (it was not written by `llm train`): "
-                            "evaluate a run dir or its model/ folder")
+    artifact = load_artifact(checkpoint, device=config.device)  # a checkpoint without a tokenizer fails here
     folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
-    run_dir = next((d for d in (folder, folder.parent) if (d / "run.json").exists()), None)
+    run_dir = run_dir_of(checkpoint)
     data_dir = config.data_dir
     if data_dir is None:
         if run_dir is None:
@@ -148,7 +142,7 @@ def locate(config: EvalConfig) -> Target:
         raise UserError(f"the prepared data {data_dir} is not there: run `llm prepare` with the run's data and "
                         "tokenizer config, or pass data_dir=<prepared-data folder>")
     out_dir = Path(config.out_dir) if config.out_dir else (run_dir or folder) / "eval"
-    return Target(checkpoint, run_dir, data_dir, out_dir)
+    return Target(artifact, checkpoint, run_dir, data_dir, out_dir)
 
 
 class Evaluation:
@@ -157,7 +151,7 @@ class Evaluation:
     def __init__(self, config: EvalConfig):
         self.config = config
         self.target = locate(config)
-        self.model, self.tokenizer = load_pretrained(self.target.checkpoint, config.device)
+        self.model, self.tokenizer = self.target.artifact.model, self.target.artifact.tokenizer
         self.data = PreparedData(self.target.data_dir)
         self.meta = self.data.meta
         if Tokenizer.from_file(str(self.data.tokenizer_path)).to_str() != self.tokenizer.to_str():

@@ -1,8 +1,7 @@
-"""What every stage shares: where the config lives, config validation, one-line errors."""
+"""What every stage shares: the Hydra app wrapper that turns user errors into one line."""
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import shutil
@@ -13,12 +12,12 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
+from lightning_llm.config import CONF_DIR
 from lightning_llm.errors import UserError
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 log = logging.getLogger("lightning_llm")
 
 # Lightning advertises a cloud logger at every start, and warns that the run dir is not
@@ -70,21 +69,3 @@ def config_errors() -> tuple[type[Exception], ...]:
     if lightning is not None:
         errors.append(lightning.MisconfigurationException)
     return tuple(errors)
-
-
-def to_dataclass(cls, node: DictConfig, where: str, **fixed):
-    """Build a config dataclass from a config node: unknown keys, wrong types and impossible
-    values (the dataclass's own checks) become one UserError that names the node."""
-    fields = {f.name for f in dataclasses.fields(cls)}
-    values = OmegaConf.to_container(node, resolve=True)
-    unknown = sorted(set(values) - fields)
-    if unknown:
-        raise UserError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(fields - set(fixed))}")
-    try:
-        schema = OmegaConf.structured(cls)
-        merged = OmegaConf.merge(schema, {**values, **fixed})
-        return OmegaConf.to_object(merged)
-    except OmegaConfBaseException as err:
-        raise UserError(f"{where}: {str(err).splitlines()[0]}") from None
-    except (ValueError, TypeError) as err:
-        raise UserError(f"{where}: {err}") from None

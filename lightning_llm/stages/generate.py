@@ -8,8 +8,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_llm.data.tokenizer import decode_text, encode_prompt
-from lightning_llm.model.io import load_pretrained, resolve_device
-from lightning_llm.stages.common import stage, to_dataclass
+from lightning_llm.model.io import load_artifact, resolve_device
+from lightning_llm.config import to_dataclass
+from lightning_llm.stages.common import stage
 
 
 @dataclass
@@ -37,7 +38,8 @@ class GenerateConfig:
 def main(cfg: DictConfig) -> list[str]:
     args = to_dataclass(GenerateConfig, OmegaConf.masked_copy(cfg, [f.name for f in fields(GenerateConfig)]),
                         "generate")
-    model, tokenizer = load_pretrained(args.ckpt, args.device)
+    artifact = load_artifact(args.ckpt, device=args.device)
+    model, tokenizer = artifact.model, artifact.tokenizer
     ids = encode_prompt(tokenizer, str(args.prompt))
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
     idx = torch.tensor([ids] * args.num_samples, device=args.device)

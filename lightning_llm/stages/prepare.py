@@ -7,7 +7,8 @@ import json
 from omegaconf import DictConfig
 
 from lightning_llm.data import DataConfig, PreparedData, TokenizerConfig, prepare
-from lightning_llm.stages.common import log, stage, to_dataclass
+from lightning_llm.config import to_dataclass
+from lightning_llm.stages.common import log, stage
 
 
 def prepared_data(cfg: DictConfig) -> PreparedData:

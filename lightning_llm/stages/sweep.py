@@ -16,10 +16,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
 
-from lightning_llm.cli import one_line
+from lightning_llm.config import one_line
 from lightning_llm.errors import UserError
 from lightning_llm.stages.common import log, stage
 from lightning_llm.stages.prepare import prepared_data
+from lightning_llm.stages.train import train
 from lightning_llm.sweep import (Objective, SweepSpec, default_storage, load_sweep, open_storage, open_study,
                                  override, run_study, write_best, write_report)
 from lightning_llm.sweep.space import COMMAND_LINE_KEYS
@@ -92,7 +93,7 @@ def main(cfg: DictConfig) -> optuna.Study:
         storage_url = spec.storage or default_storage(study_dir)
         study = open_study(spec, open_storage(storage_url, spec), overrides)
         prepare_once(base)
-        run_study(study, Objective(spec, overrides, study_dir, wandb="wandb" in base.logger), spec)
+        run_study(study, Objective(spec, overrides, study_dir, wandb="wandb" in base.logger, train=train), spec)
     study_dir.mkdir(parents=True, exist_ok=True)
     log.info("report: %s", write_report(study, spec, study_dir, shown_url(storage_url)))
     best = write_best(study, study_dir)

@@ -18,8 +18,9 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from lightning_llm.artifacts import write_json, write_text
 from lightning_llm.errors import UserError
 from lightning_llm.model import GPT, GPTConfig, flops_per_token
-from lightning_llm.model.io import load_pretrained, save_pretrained
-from lightning_llm.stages.common import log, stage, to_dataclass
+from lightning_llm.model.io import load_artifact, new_manifest, save_artifact
+from lightning_llm.config import to_dataclass
+from lightning_llm.stages.common import log, stage
 from lightning_llm.stages.prepare import prepared_data
 from lightning_llm.training.datamodule import TokenDataModule
 from lightning_llm.training.module import LanguageModel
@@ -163,12 +164,15 @@ def train(cfg: DictConfig, extra_callbacks: tuple[pl.Callback, ...] = ()) -> dic
         checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
         if best and checkpoint.best_model_score is not None:
-            exported, _ = load_pretrained(best)
+            exported = load_artifact(best).model
             metrics["best_val/loss"] = round(float(checkpoint.best_model_score), 6)
         else:
             exported = GPT(model_config)
             exported.load_state_dict(weights)
-        save_pretrained(exported, module.tokenizer_json, run_dir / "model")
+        manifest = new_manifest(produced_by="train", tokenizer_json=module.tokenizer_json,
+                                parent=str(cfg.ckpt_path) if cfg.ckpt_path else None, data_hash=data.dir.name,
+                                run_dir=str(run_dir), checkpoint=best)
+        save_artifact(exported, module.tokenizer_json, run_dir / "model", manifest=manifest)
         record = {
             "experiment": cfg.experiment_name, "run_dir": str(run_dir), "git_commit": git_commit(),
             "seed": cfg.seed, "data": {"dir": str(data.dir), "hash": data.dir.name, **meta},

@@ -9,6 +9,7 @@ import re
 import shlex
 import socket
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
@@ -17,7 +18,6 @@ from hydra import compose
 from optuna.trial import TrialState
 from optuna_integration import PyTorchLightningPruningCallback
 
-from lightning_llm.stages.train import train
 from lightning_llm.sweep.space import SweepSpec
 from lightning_llm.sweep.study import RETRY, is_surplus
 
@@ -57,8 +57,12 @@ class Objective:
     attribute, and the study goes on. Ctrl-C marks the trial FAIL, queues its parameters again
     for the next run of the same command, and ends the sweep."""
 
-    def __init__(self, spec: SweepSpec, train_overrides: list[str], study_dir: Path, wandb: bool):
+    def __init__(self, spec: SweepSpec, train_overrides: list[str], study_dir: Path, *, wandb: bool,
+                 train: Callable[..., dict] | None = None):
+        """train(cfg, extra_callbacks=...) fits one run and returns its metrics: the stage passes
+        `llm train`'s function in, so this package never imports a stage."""
         self.spec, self.train_overrides, self.study_dir, self.wandb = spec, train_overrides, study_dir, wandb
+        self.train = train
 
     def trial_overrides(self, trial: optuna.Trial) -> list[str]:
         params = {name: dimension.suggest(trial, name) for name, dimension in self.spec.search_space.items()}
@@ -84,7 +88,7 @@ class Objective:
         trial.set_user_attr("command", command(overrides + [override("hydra.run.dir", str(run_dir))]))
         try:
             cfg = compose(config_name="train", overrides=overrides + [override("paths.run_dir", str(run_dir))])
-            metrics = train(cfg, extra_callbacks=(PruneByStep(trial, self.spec.objective.monitor),))
+            metrics = self.train(cfg, extra_callbacks=(PruneByStep(trial, self.spec.objective.monitor),))
             value = metrics.get(self.spec.objective.metric)
             if value is None:
                 raise RuntimeError(f"objective.metric {self.spec.objective.metric!r} is not among the run's "

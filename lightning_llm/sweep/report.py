@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
 from lightning_llm.artifacts import markdown_table, pyplot, save_figure, write_text
-from lightning_llm.stages.common import CONF_DIR
+from lightning_llm.config import CONF_DIR
 from lightning_llm.sweep.objective import command, override
 from lightning_llm.sweep.space import SweepSpec
 from lightning_llm.sweep.study import RETRY

@@ -13,9 +13,8 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_llm.errors import UserError
-from lightning_llm.stages.common import CONF_DIR, to_dataclass
+from lightning_llm.config import SWEEPS_DIR, to_dataclass
 
-SWEEPS_DIR = Path(CONF_DIR).parent / "sweeps"
 SAMPLERS = {"grid": optuna.samplers.GridSampler, "random": optuna.samplers.RandomSampler,
             "tpe": optuna.samplers.TPESampler, "cmaes": optuna.samplers.CmaEsSampler,
             "qmc": optuna.samplers.QMCSampler}

@@ -12,6 +12,7 @@ from torchmetrics import MeanMetric
 
 from lightning_llm.errors import UserError
 from lightning_llm.model import GPT, GPTConfig
+from lightning_llm.model.io import add_checkpoint_tokenizer, checkpoint_model_config
 from lightning_llm.training.optim import param_groups
 from lightning_llm.training.parallel import shard
 
@@ -34,11 +35,11 @@ class LanguageModel(pl.LightningModule):
         self.val_loss = MeanMetric()
 
     def on_save_checkpoint(self, checkpoint):
-        checkpoint["tokenizer_json"] = self.tokenizer_json
+        add_checkpoint_tokenizer(checkpoint, self.tokenizer_json)
 
     def on_load_checkpoint(self, checkpoint):
         """Refuse, before any weight is copied, a checkpoint of another model shape, naming what differs."""
-        saved, current = checkpoint["hyper_parameters"]["model_config"], self.hparams.model_config
+        saved, current = checkpoint_model_config(checkpoint), self.hparams.model_config
         differ = [f"{k}: checkpoint {saved.get(k)!r} vs config {v!r}" for k, v in current.items() if saved.get(k) != v]
         if differ:
             raise UserError(f"the checkpoint was trained with another model config ({', '.join(differ)})")

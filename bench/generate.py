@@ -19,9 +19,8 @@ import statistics
 import time
 
 import torch
-from transformers import GenerationConfig
-
 from train_step import SHAPES, ours, top_ops, transformers_gpt2
+from transformers import GenerationConfig
 
 PROMPT = 12
 

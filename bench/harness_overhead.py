@@ -20,18 +20,17 @@ import time
 
 import lightning.pytorch as pl
 import torch
+from bare_loop import make_optimizer, train_steps
 from hydra import compose, initialize_config_dir
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger
 
-from lightning_llm.model import GPT, GPTConfig
 from lightning_llm.config import CONF_DIR, to_dataclass
+from lightning_llm.model import GPT, GPTConfig
 from lightning_llm.stages.prepare import prepared_data
 from lightning_llm.training.datamodule import RandomWindows, TokenDataModule
 from lightning_llm.training.module import LanguageModel
 from lightning_llm.training.optim import warmup_cosine
-
-from bare_loop import make_optimizer, train_steps
 
 LR, WARMUP = 6e-3, 100
 
@@ -67,7 +66,7 @@ def lightning(data, config: GPTConfig, batch: int, steps: int) -> float:
                              enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
                              logger=CSVLogger(run_dir, name="", version=""),
                              callbacks=[clock, LearningRateMonitor(logging_interval="step")])
-        trainer.fit(module, datamodule=TokenDataModule(data, config.block_size, batch, seed=0))
+        trainer.fit(module, datamodule=TokenDataModule(data, block_size=config.block_size, batch_size=batch, seed=0))
     return steps * batch * config.block_size / clock.seconds
 
 

@@ -14,14 +14,13 @@ import argparse
 
 import numpy as np
 import torch
+from bare_loop import make_optimizer, train_steps
 from hydra import compose, initialize_config_dir
 
-from lightning_llm.model import GPT, GPTConfig, flops_per_token
 from lightning_llm.config import CONF_DIR
+from lightning_llm.model import GPT, GPTConfig, flops_per_token
 from lightning_llm.stages.prepare import prepared_data
 from lightning_llm.training.datamodule import FixedWindows, RandomWindows
-
-from bare_loop import make_optimizer, train_steps
 
 
 def run(data, n_layer, n_embd, block, batch, lr, position, budget, warmup=50):

@@ -13,7 +13,11 @@ STAGES = {
     "sweep": "search hyperparameters with Optuna: one training run per trial",
     "eval": "evaluate a trained model: perplexity, bits per byte, baselines, generation, classification",
     "compare": "one table of the headline metrics of several runs",
+    "serve": "serve a trained model over an OpenAI-compatible HTTP API",
+    "export": "write a trained model as a Hugging Face transformers folder (format=hf)",
+    "import": "read a local Hugging Face transformers folder into a model folder",
 }
+MODULES = {"import": "hf_import"}  # a stage whose module is named otherwise (`import` is a Python keyword)
 
 USAGE = "usage: llm <stage> [hydra overrides...]   (llm <stage> --help shows that stage's config)\n\nstages:\n" + \
     "\n".join(f"  {name:<10} {text}" for name, text in STAGES.items())
@@ -27,12 +31,17 @@ def check_overrides(stage: str, args: list[str]) -> None:
         return
     from hydra import compose, initialize_config_dir
 
-    from lightning_llm.config import CONF_DIR, one_line
+    from lightning_llm.config import CONF_DIR, check_name, one_line
+    from lightning_llm.errors import UserError
 
     overrides = [arg for arg in args if not arg.lstrip("+~").startswith("hydra.")]
     try:
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3", job_name=stage):
-            compose(config_name=stage, overrides=overrides)
+            cfg = compose(config_name=stage, overrides=overrides)
+        check_name(cfg.experiment_name, "experiment_name")  # it becomes the run dir's folder
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     except Exception as err:  # Hydra raises several types; each is a config mistake here
         print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
@@ -79,7 +88,7 @@ def main() -> None:
     if not wandb_configured():
         os.environ["WANDB_MODE"] = "offline"  # a run never reaches the network unless the user says so
     sys.argv = [sys.argv[0]] + args + shared_run_dir(args)  # the real script path: Lightning relaunches DDP ranks with it
-    importlib.import_module(f"lightning_llm.stages.{name}").main()
+    importlib.import_module(f"lightning_llm.stages.{MODULES.get(name, name)}").main()
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ neither of them.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from pathlib import Path
 
@@ -72,3 +73,46 @@ def one_line(err: Exception) -> str:
     lines = [ln.strip() for ln in text.splitlines()
              if ln.strip() and not ln.strip().startswith(("full_key:", "object_type=", "reference_type="))]
     return " ".join(lines).replace("\t", " ")
+
+
+# What config may build: classes and functions under these prefixes, and what the user adds
+# with `allow_targets` (conf/train.yaml). Hydra's own block list lets `torch.load` through.
+ALLOWED_TARGETS = ("lightning.pytorch.Trainer", "lightning.pytorch.callbacks.", "lightning.pytorch.loggers.",
+                   "lightning.pytorch.strategies.", "lightning.pytorch.plugins.", "lightning.pytorch.profilers.",
+                   "torch.optim.", "lightning_llm.training.")
+
+
+def check_targets(node, where: str, *, extra: tuple[str, ...] = ()) -> None:
+    """Refuse, in one line, any `_target_` under node outside the allowed prefixes, and any private
+    name (a part that starts with '_') even under them."""
+    container = OmegaConf.to_container(node, resolve=False) if isinstance(node, DictConfig) else node
+    allowed = ALLOWED_TARGETS + tuple(extra)
+
+    def walk(value, path: str) -> None:
+        if isinstance(value, dict):
+            target = value.get("_target_")
+            if target is not None:
+                text = str(target)
+                exact_or_prefix = any(text == a or (a.endswith(".") and text.startswith(a)) for a in allowed)
+                if not exact_or_prefix or any(part.startswith("_") for part in text.split(".")):
+                    raise UserError(f"{path}._target_={text!r} is not something config may build: allowed are "
+                                    f"{', '.join(allowed)} (add a trusted prefix with allow_targets=[...])")
+            for key, item in value.items():
+                walk(item, f"{path}.{key}")
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                walk(item, f"{path}[{i}]")
+
+    walk(container, where)
+
+
+def _safe_name_resolver(value):
+    return check_name(value, "experiment_name")
+
+
+# The run dir's path is built from experiment_name: a name that is not one folder fails before
+# Hydra creates anything (conf/hydra/default.yaml uses ${safe_name:${experiment_name}}).
+if not OmegaConf.has_resolver("safe_name"):
+    OmegaConf.register_new_resolver("safe_name", _safe_name_resolver)
+if not OmegaConf.has_resolver("pid"):
+    OmegaConf.register_new_resolver("pid", lambda: os.getpid())

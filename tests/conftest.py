@@ -1,8 +1,12 @@
-"""Shared fixtures: real configs composed from conf/, and the built-in corpus prepared once."""
+"""Shared helpers and fixtures: real configs composed from conf/, the built-in corpus prepared once,
+the `llm` command run as a user runs it, and the tiny overrides that make a training run take seconds."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -10,6 +14,28 @@ from hydra import compose, initialize_config_dir
 from lightning_llm.config import CONF_DIR
 
 os.environ.setdefault("WANDB_MODE", "disabled")
+
+LLM = [sys.executable, "-m", "lightning_llm.cli"]
+# A training run of seconds: the smallest preset, 30 steps, two validations, short samples.
+TINY = ["model=gpt-nano", "batch_size=16", "trainer.max_steps=30", "trainer.val_check_interval=15",
+        "trainer.log_every_n_steps=1", "val_windows=16", "callbacks.samples.max_new_tokens=40",
+        "optim.optimizer.lr=1e-2", "optim.scheduler.warmup_steps=5"]
+
+
+def llm_env(outputs: Path | None = None, **extra: str) -> dict:
+    """The environment of an `llm` run in a test: its own output root, W&B off, output unbuffered."""
+    root = {"LLM_OUTPUT_ROOT": str(outputs)} if outputs is not None else {}
+    return {**os.environ, **root, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1", **extra}
+
+
+def llm(args: list[str], outputs: Path | None = None, *, check: bool = True, env: dict | None = None,
+        timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `llm <args>` as a user would; with check, a failure shows the command's last output."""
+    result = subprocess.run(LLM + args, capture_output=True, text=True, env=llm_env(outputs, **(env or {})),
+                            timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"llm {' '.join(args)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+    return result
 
 
 def compose_config(stage: str, overrides: list[str] | None = None):

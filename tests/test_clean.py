@@ -1,7 +1,15 @@
 import pytest
 
-from lightning_llm.data.clean import (CleanConfig, failed_filter, fix_unicode, normalize_whitespace,
-                                      repeated_line_chars, strip_control, strip_gutenberg, transform)
+from lightning_llm.data.clean import (
+    CleanConfig,
+    failed_filter,
+    fix_unicode,
+    normalize_whitespace,
+    repeated_line_chars,
+    strip_control,
+    strip_gutenberg,
+    transform,
+)
 
 GUTENBERG = """The Project Gutenberg EBook of Hamlet, by William Shakespeare
 
@@ -20,7 +28,8 @@ Section 1.  General Terms of Use and Redistributing Project Gutenberg-tm
 PROSE = ("Now is the winter of our discontent made glorious summer by this sun of York; "
          "and all the clouds that lour'd upon our house in the deep bosom of the ocean buried.\n")
 ALL_OFF = dict(fix_unicode=False, strip_gutenberg=False, unicode_form=None, strip_control=False,
-               normalize_whitespace=False, lowercase=False, min_chars=None)
+               normalize_whitespace=False, lowercase=False, min_chars=None, min_words=None, max_symbol_ratio=None,
+               min_mean_word_length=None, max_mean_word_length=None, max_repeated_line_chars=None)
 
 
 def test_strip_gutenberg_keeps_the_text_and_drops_header_and_licence():

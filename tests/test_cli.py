@@ -4,25 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-LLM = [sys.executable, "-m", "lightning_llm.cli"]
-TINY = ["model=gpt-nano", "batch_size=16", "trainer.max_steps=30", "trainer.val_check_interval=15",
-        "trainer.log_every_n_steps=1", "val_windows=16", "callbacks.samples.max_new_tokens=40",
-        "optim.optimizer.lr=1e-2", "optim.scheduler.warmup_steps=5"]
-
-
-def run(args, outputs: Path, check=True, env=None):
-    env = {**os.environ, "LLM_OUTPUT_ROOT": str(outputs), "WANDB_MODE": "disabled", **(env or {})}
-    result = subprocess.run(LLM + args, capture_output=True, text=True, env=env, timeout=300)
-    if check and result.returncode != 0:
-        raise AssertionError(f"llm {' '.join(args)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
-    return result
+from conftest import LLM, TINY, llm
 
 
 @pytest.fixture(scope="module")
@@ -30,12 +15,12 @@ def trained(tmp_path_factory, cache_root, prepared):
     """One tiny training run shared by the tests below; it reuses the session's prepared data."""
     outputs = cache_root.parent
     run_dir = tmp_path_factory.mktemp("run")
-    result = run(["train", *TINY, f"hydra.run.dir={run_dir}"], outputs)
+    result = llm(["train", *TINY, f"hydra.run.dir={run_dir}"], outputs)
     return run_dir, outputs, result
 
 
 def test_prepare_prints_the_cached_folder(prepared, cache_root):
-    result = run(["prepare"], cache_root.parent)
+    result = llm(["prepare"], cache_root.parent)
     assert result.stdout.strip().splitlines()[-1] == str(prepared.dir)
     assert "reusing" in result.stdout + result.stderr
 
@@ -65,16 +50,16 @@ def test_train_writes_every_artifact_and_the_loss_falls(trained):
 def test_generate_from_run_dir_and_from_checkpoint(trained):
     run_dir, outputs, _ = trained
     args = ["prompt=ROMEO:", "max_new_tokens=25", "temperature=0.8", "top_k=5", "seed=1"]
-    first = run(["generate", f"ckpt={run_dir}", *args], outputs).stdout
-    again = run(["generate", f"ckpt={run_dir}", *args], outputs).stdout
+    first = llm(["generate", f"ckpt={run_dir}", *args], outputs).stdout
+    again = llm(["generate", f"ckpt={run_dir}", *args], outputs).stdout
     assert first.startswith("ROMEO:") and len(first.strip()) >= 25 and first == again  # seeded
-    from_folder = run(["generate", f"ckpt={run_dir}/model", *args], outputs).stdout
+    from_folder = llm(["generate", f"ckpt={run_dir}/model", *args], outputs).stdout
     assert from_folder == first  # the exported safetensors folder holds the best checkpoint's weights
 
 
 def test_resuming_from_a_checkpoint_of_another_shape_names_the_keys(trained):
     run_dir, outputs, _ = trained
-    result = run(["train", *TINY, "model.n_layer=3", f"ckpt_path={run_dir}/checkpoints/last.ckpt"], outputs,
+    result = llm(["train", *TINY, "model.n_layer=3", f"ckpt_path={run_dir}/checkpoints/last.ckpt"], outputs,
                  check=False)
     assert result.returncode == 2
     assert "n_layer: checkpoint 2 vs config 3" in result.stderr
@@ -95,7 +80,7 @@ def test_resuming_from_a_checkpoint_of_another_shape_names_the_keys(trained):
 ])
 def test_bad_input_fails_in_one_line(args, message, cache_root, prepared, tmp_path):
     run_dir = tmp_path / "refused"
-    result = run([*args, f"hydra.run.dir={run_dir}"], cache_root.parent, check=False)
+    result = llm([*args, f"hydra.run.dir={run_dir}"], cache_root.parent, check=False)
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
@@ -105,7 +90,7 @@ def test_bad_input_fails_in_one_line(args, message, cache_root, prepared, tmp_pa
 
 def test_prompt_with_unknown_characters_is_refused(trained):
     run_dir, outputs, _ = trained
-    result = run(["generate", f"ckpt={run_dir}", "prompt='ROMEO~'"], outputs, check=False)
+    result = llm(["generate", f"ckpt={run_dir}", "prompt='ROMEO~'"], outputs, check=False)
     assert result.returncode == 2 and "never saw" in result.stderr and "'~'" in result.stderr
 
 
@@ -117,7 +102,7 @@ def test_help_lists_stages():
 def test_ddp_on_two_cpu_processes_writes_one_run(tmp_path, cache_root, prepared):
     outputs = cache_root.parent
     run_dir = tmp_path / "ddp-run"
-    run(["train", *TINY, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", f"hydra.run.dir={run_dir}"],
+    llm(["train", *TINY, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", f"hydra.run.dir={run_dir}"],
         outputs)
     record = json.loads((run_dir / "run.json").read_text())
     assert record["steps"] == 30 and "ddp" in str(record["overrides"]["trainer"]["strategy"])
@@ -134,9 +119,9 @@ def test_a_resumed_run_logs_the_same_losses_as_an_uninterrupted_one(tmp_path, ca
     steps = ["trainer.max_steps=30", "optim.scheduler.total_steps=30", "trainer.val_check_interval=5",
              "experiment_name=resume_check"]
     whole, first_half, resumed = tmp_path / "whole", tmp_path / "first", tmp_path / "resumed"
-    run(["train", *TINY, *steps, f"hydra.run.dir={whole}"], outputs)
-    run(["train", *TINY, *steps, "trainer.max_steps=15", f"hydra.run.dir={first_half}"], outputs)
-    run(["train", *TINY, *steps, f"ckpt_path={first_half}/checkpoints/last.ckpt", f"hydra.run.dir={resumed}"],
+    llm(["train", *TINY, *steps, f"hydra.run.dir={whole}"], outputs)
+    llm(["train", *TINY, *steps, "trainer.max_steps=15", f"hydra.run.dir={first_half}"], outputs)
+    llm(["train", *TINY, *steps, f"ckpt_path={first_half}/checkpoints/last.ckpt", f"hydra.run.dir={resumed}"],
         outputs)
 
     def losses(run_dir, column):
@@ -154,9 +139,9 @@ def test_resume_auto_continues_the_newest_run_of_the_experiment(tmp_path, cache_
     outputs.mkdir()
     (outputs / "data").symlink_to(cache_root)  # reuse the session's prepared data
     base = ["train", *TINY, "experiment_name=auto_resume", "optim.scheduler.total_steps=40"]
-    fresh = run([*base, "resume=auto"], outputs)
+    fresh = llm([*base, "resume=auto"], outputs)
     assert "no earlier checkpoint" in fresh.stdout + fresh.stderr
-    resumed = run([*base, "resume=auto", "trainer.max_steps=40"], outputs)
+    resumed = llm([*base, "resume=auto", "trainer.max_steps=40"], outputs)
     assert "resuming from" in resumed.stdout + resumed.stderr
     newest = max((outputs / "train" / "auto_resume").iterdir(), key=lambda p: p.stat().st_mtime)
     assert json.loads((newest / "run.json").read_text())["steps"] == 40

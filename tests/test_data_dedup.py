@@ -62,7 +62,7 @@ def test_banded_signatures_find_the_near_duplicates_and_estimate_their_similarit
     index.add(99, signer.signature(np.empty(0, dtype=np.uint64)))  # no shingles: nothing to index
     pairs = index.pairs()
     assert [(a, b) for a, b, _ in pairs] == [(i, 30 + i) for i in range(10)]  # and no unrelated pair
-    for a, b, estimate in pairs:
+    for a, _, estimate in pairs:
         assert estimate == pytest.approx(jaccard(base[a], copies[a], 3), abs=0.15)
 
 

@@ -5,11 +5,14 @@ import logging
 
 import pytest
 
-from lightning_llm.data import DataConfig, SourceConfig, SplitConfig, TokenizerConfig, prepare
+from lightning_llm.data import CleanConfig, DataConfig, SourceConfig, SplitConfig, TokenizerConfig, prepare
 from lightning_llm.data.sources import Skipped, read_source
 from lightning_llm.errors import UserError
 
 PROSE = "Now is the winter of our discontent made glorious summer by this sun of York.\n"
+# These tests are about reading: documents of one line, or one line repeated, pass the filters.
+LENIENT = CleanConfig(min_chars=10, min_words=None, max_symbol_ratio=None, min_mean_word_length=None,
+                      max_mean_word_length=None, max_repeated_line_chars=None)
 
 
 def read(config: SourceConfig):
@@ -87,8 +90,8 @@ def test_repeated_ids_are_made_unique(tmp_path):
     (tmp_path / "a.jsonl").write_text("".join(json.dumps({"id": "same", "text": f"{i} " + PROSE}) + "\n"
                                               for i in range(3)))
     data = DataConfig(name="ids", source="jsonl", paths=[str(tmp_path / "a.jsonl")], id_field="id", workers=1,
-                      split=SplitConfig(val=0, test=0))
-    data.clean.min_chars, data.dedup.near.enabled = 10, False
+                      split=SplitConfig(val=0, test=0), clean=LENIENT)
+    data.dedup.near.enabled = False
     prepared = prepare(data, TokenizerConfig(), tmp_path / "cache")
     index = [json.loads(line) for line in (prepared.dir / "documents.jsonl").read_text().splitlines()]
     assert [d["id"] for d in index] == ["same", "same#2", "same#3"]
@@ -122,9 +125,8 @@ def test_a_mixture_prefixes_ids_and_weights_the_train_split(tmp_path):
         (tmp_path / "notes" / f"n{i}.txt").write_text(f"Note {i}. " + PROSE * 4)
     data = DataConfig(name="mixed", source="jsonl", paths=[str(tmp_path / "main.jsonl")], workers=1,
                       mix={"notes": SourceConfig(source="text_files", paths=[str(tmp_path / "notes")], weight=2.0)},
-                      split=SplitConfig(stratify_by="source"))
+                      split=SplitConfig(stratify_by="source"), clean=LENIENT)
     data.dedup.near.enabled = False  # the documents differ by their number only
-    data.clean.min_chars = 10
     prepared = prepare(data, TokenizerConfig(), tmp_path / "cache")
     index = [json.loads(line) for line in (prepared.dir / "documents.jsonl").read_text().splitlines()]
     assert {d["source"] for d in index} == {"mixed", "notes"}

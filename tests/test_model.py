@@ -85,6 +85,7 @@ def test_impossible_configs_fail_clearly(bad, message):
                                             ("gpt2-124m", 124_439_808), ("llama-small", None)])
 def test_every_preset_builds(preset, params):
     from conftest import compose_config
+
     from lightning_llm.config import to_dataclass
 
     cfg = compose_config("train", [f"model={preset}"])

@@ -17,13 +17,20 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import compose_config
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from conftest import compose_config
 from lightning_llm.sweep import Objective, SweepSpec, spent_trials
 from lightning_llm.sweep.space import Dimension
-from lightning_llm.sweep.study import RETRY, is_surplus, with_installed_driver
+from lightning_llm.sweep.study import (
+    RETRY,
+    is_surplus,
+    process_key,
+    reclaim_dead_trials,
+    record_worker,
+    with_installed_driver,
+)
 
 LLM = [sys.executable, "-m", "lightning_llm.cli"]
 TINY = ["model=gpt-nano", "trainer.max_steps=10", "trainer.val_check_interval=5", "val_windows=8",
@@ -178,6 +185,102 @@ def test_interrupted_and_killed_trials_are_requeued_and_the_rerun_completes_the_
     assert trials[1].system_attrs["failed_trial"] == 0 and trials[2].system_attrs["retry_history"] == [0, 1]
     assert trials[0].params == trials[1].params == trials[2].params != trials[3].params
     assert [t.number for t in spent_trials(load(outputs, "resume"))] == [2, 3]
+
+
+# A worker in the middle of a trial: its heartbeat just recorded (well inside the grace period), and
+# the attributes that the Objective's record_worker writes (its process_key read here by the test: importing
+# the package in the worker would take seconds).
+WORKER = """
+import os, socket, sys
+import optuna
+storage = optuna.storages.RDBStorage(sys.argv[1], heartbeat_interval=10)
+study = optuna.create_study(study_name=sys.argv[2], storage=storage)
+trial = study.ask()
+trial.suggest_float("optim.optimizer.lr", 1e-3, 3e-2, log=True)
+storage.record_heartbeat(trial._trial_id)
+trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+trial.set_user_attr("worker_process", input())
+print("running", flush=True)
+sys.stdin.read()
+"""
+LINUX_PROC = pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="tells processes apart through /proc")
+
+
+@LINUX_PROC
+def test_a_trial_whose_worker_was_killed_on_this_machine_is_run_again_without_waiting(tmp_path, outputs,
+                                                                                     monkeypatch, caplog):
+    """kill -9 mid-trial, then the same sweep at once (grace_period 30 s): the dead trial must not count
+    as running ("nothing to run" with it stuck RUNNING); it is failed with the reason and its
+    parameters run, so the study holds n_trials finished trials."""
+    study_dir = outputs / "sweeps" / "killed"
+    study_dir.mkdir(parents=True)
+    worker = subprocess.Popen([sys.executable, "-c", WORKER, f"sqlite:///{study_dir / 'study.db'}", "killed"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    worker.stdin.write(process_key(worker.pid) + "\n")
+    worker.stdin.flush()
+    assert worker.stdout.readline() == "running\n"
+    worker.kill()
+    worker.wait(timeout=30)
+    assert [t.state for t in load(outputs, "killed").trials] == [TrialState.RUNNING]
+
+    sweep = write_sweep(tmp_path / "random.yaml",
+                        {"optim.optimizer.lr": {"type": "float", "low": 1e-3, "high": 3e-2, "log": True}},
+                        {"name": "random"}, heartbeat={"interval": 10, "grace_period": 30})
+    caplog.set_level(logging.INFO)
+    assert sweep_in_process([f"sweep={sweep}", "study_name=killed", "n_trials=1"], outputs, monkeypatch) == 0
+
+    trials = load(outputs, "killed").trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    dead, rerun = trials
+    assert dead.user_attrs["fail_reason"].startswith(f"worker {socket.gethostname()}:{worker.pid} died")
+    assert rerun.params == dead.params and rerun.system_attrs["retry_history"] == [0]
+    assert rerun.user_attrs["worker"] == f"{socket.gethostname()}:{os.getpid()}"
+    assert [t.number for t in spent_trials(load(outputs, "killed"))] == [1]
+    assert "nothing to run" not in caplog.text and "trial 0: its worker" in caplog.text
+
+
+@LINUX_PROC
+def test_only_trials_whose_process_on_this_machine_is_gone_are_reclaimed():
+    """A dead worker, a reused pid (another start time) and a killed worker not yet reaped are reclaimed;
+    a live worker, another host, another boot or container, and a trial with no worker yet are left
+    to the heartbeat."""
+    child, zombie = [subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+                     for _ in range(2)]
+    child_key, zombie_key = process_key(child.pid), process_key(zombie.pid)
+    child.communicate(timeout=30)  # exited and reaped: its pid names no process of ours now
+    zombie.kill()  # killed, and not yet reaped by its parent (this process)
+    deadline = time.time() + 30
+    while process_key(zombie.pid) is not None and time.time() < deadline:
+        time.sleep(0.01)
+    host, mine = socket.gethostname(), process_key(os.getpid())
+    boot, namespace, started = mine.split()
+    workers = {"elsewhere": ("other-host:1", mine), "live": (f"{host}:{os.getpid()}", mine),
+               "reused pid": (f"{host}:{os.getpid()}", f"{boot} {namespace} {int(started) + 1}"),
+               "dead": (f"{host}:{child.pid}", child_key),
+               "other boot": (f"{host}:{child.pid}", child_key.replace(boot, "another-boot")), "none yet": None,
+               "not reaped": (f"{host}:{zombie.pid}", zombie_key)}
+    study = optuna.create_study()
+    for worker in workers.values():
+        trial = study.ask()
+        trial.suggest_float("x", 0, 10)
+        if worker:
+            trial.set_user_attr("worker", worker[0])
+            trial.set_user_attr("worker_process", worker[1])
+    assert reclaim_dead_trials(study) == [2, 3, 6]
+    zombie.wait(timeout=30)
+    trials = study.get_trials()
+    assert [t.state.name for t in trials[:7]] == ["RUNNING", "RUNNING", "FAIL", "FAIL", "RUNNING", "RUNNING", "FAIL"]
+    assert trials[3].user_attrs["fail_reason"].startswith(f"worker {host}:{child.pid} died")
+    copies = trials[7:]  # queued with the same parameters, naming no worker until one takes them
+    assert [(t.state, t.params, RETRY.retry_history(t)) for t in copies] == \
+        [(TrialState.WAITING, trials[n].params, [n]) for n in (2, 3, 6)]
+    assert all("worker" not in t.user_attrs and "worker_process" not in t.user_attrs for t in copies)
+    assert [t.number for t in spent_trials(study)] == [0, 1, 4, 5, 7, 8, 9]
+    assert reclaim_dead_trials(study) == []
+
+    trial = study.ask()  # the Objective's own record: this process, alive
+    record_worker(trial)
+    assert trial.user_attrs["worker"] == f"{host}:{os.getpid()}" and trial.user_attrs["worker_process"] == mine
 
 
 def start_postgres(workdir: Path) -> tuple[str, callable]:

@@ -12,8 +12,7 @@ import time
 
 import pytest
 import torch
-from conftest import compose_config
-from test_cli import LLM, TINY, run
+from conftest import LLM, TINY, compose_config, llm
 
 from lightning_llm.cli import shared_run_dir
 from lightning_llm.training.module import NonFiniteLoss
@@ -108,7 +107,7 @@ def test_tokens_per_step_sets_gradient_accumulation(tmp_path, cache_root, prepar
                                                          "trainer.val_check_interval=6"])  # 16 x 32 tokens per batch
     record = json.loads((run_dir / "run.json").read_text())
     assert record["steps"] == 6 and record["tokens_seen"] == 6 * 1024
-    result = run(["train", *TINY, "tokens_per_step=1000"], cache_root.parent, check=False)
+    result = llm(["train", *TINY, "tokens_per_step=1000"], cache_root.parent, check=False)
     assert result.returncode == 2 and "error: tokens_per_step=1000 is not a multiple of" in result.stderr
 
 
@@ -119,8 +118,8 @@ def test_wandb_offline_logs_the_config_and_a_resume_continues_the_same_run(tmp_p
     base = ["train", *TINY, "logger=wandb", "experiment_name=wandb_check", "tags=[check]",
             "optim.scheduler.total_steps=40"]
     env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    run(base, outputs, env=env)
-    run([*base, "resume=auto", "trainer.max_steps=40"], outputs, env=env)
+    llm(base, outputs, env=env)
+    llm([*base, "resume=auto", "trainer.max_steps=40"], outputs, env=env)
     first, second = sorted((outputs / "train" / "wandb_check").iterdir())
     run_id = (first / "wandb_run_id").read_text()
     assert (second / "wandb_run_id").read_text() == run_id
@@ -134,7 +133,7 @@ def test_a_killed_run_resumes_from_its_periodic_checkpoint_with_the_same_losses(
     common = [*TINY, "trainer.max_steps=40", "optim.scheduler.total_steps=40", "trainer.val_check_interval=20",
               "callbacks.periodic_checkpoint.every_n_train_steps=10", "experiment_name=killed_check"]
     whole = tmp_path / "whole"
-    run(["train", *common, f"hydra.run.dir={whole}"], outputs)
+    llm(["train", *common, f"hydra.run.dir={whole}"], outputs)
 
     killed = tmp_path / "killed"
     env = {"LLM_OUTPUT_ROOT": str(outputs), "WANDB_MODE": "disabled"}
@@ -151,7 +150,7 @@ def test_a_killed_run_resumes_from_its_periodic_checkpoint_with_the_same_losses(
     step = torch.load(periodic, weights_only=True)["global_step"]
 
     resumed = tmp_path / "resumed"
-    run(["train", *common, f"ckpt_path={periodic}", f"hydra.run.dir={resumed}"], outputs)
+    llm(["train", *common, f"ckpt_path={periodic}", f"hydra.run.dir={resumed}"], outputs)
     expected, got = column(metrics(whole), "train/loss"), column(metrics(resumed), "train/loss")
     assert sorted(got) == list(range(step, 40))
     assert {s: expected[s] for s in got} == pytest.approx(got, abs=1e-5)
@@ -160,14 +159,14 @@ def test_a_killed_run_resumes_from_its_periodic_checkpoint_with_the_same_losses(
 def test_fsdp_on_two_cpu_processes_trains_one_run_that_resumes_on_one_process(tmp_path, cache_root, prepared):
     outputs = cache_root.parent
     run_dir = tmp_path / "fsdp-run"
-    run(["train", *TINY, "trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2", f"hydra.run.dir={run_dir}"],
+    llm(["train", *TINY, "trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2", f"hydra.run.dir={run_dir}"],
         outputs)
     rows = metrics(run_dir)
     train_loss = list(column(rows, "train/loss").values())
     assert len(train_loss) == 30 and sum(train_loss[-5:]) / 5 < sum(train_loss[:5]) / 5 - 0.3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fsdp-run"]  # one run dir, not one per rank
     resumed = tmp_path / "resumed"
-    run(["train", *TINY, "trainer.max_steps=35", "optim.scheduler.total_steps=30",
+    llm(["train", *TINY, "trainer.max_steps=35", "optim.scheduler.total_steps=30",
          f"ckpt_path={run_dir}/checkpoints/last.ckpt", f"hydra.run.dir={resumed}"], outputs)
     assert json.loads((resumed / "run.json").read_text())["steps"] == 35
 

@@ -47,20 +47,20 @@ class CleanConfig:
     max_blank_lines: int = 2
     lowercase: bool = False
     # Filters (null: off). A document failing one is dropped with the reason and its value.
-    min_chars: int | None = 1
+    min_chars: int | None = 200
     max_chars: int | None = None
-    min_words: int | None = None
-    max_symbol_ratio: float | None = None  # share of non-space characters that are neither letters nor digits
-    min_mean_word_length: float | None = None  # words split on whitespace
-    max_mean_word_length: float | None = None
-    max_repeated_line_chars: float | None = None  # share of characters in lines that repeat an earlier line
+    min_words: int | None = 50
+    max_symbol_ratio: float | None = 0.25  # share of non-space characters that are neither letters nor digits
+    min_mean_word_length: float | None = 3.0  # words split on whitespace
+    max_mean_word_length: float | None = 10.0
+    max_repeated_line_chars: float | None = 0.3  # share of characters in lines that repeat an earlier line
 
     def __post_init__(self):
         if self.unicode_form is not None and self.unicode_form not in UNICODE_FORMS:
-            raise ValueError(f"clean.unicode_form must be one of {', '.join(UNICODE_FORMS)} or null, "
+            raise ValueError(f"data.clean.unicode_form must be one of {', '.join(UNICODE_FORMS)} or null, "
                              f"got {self.unicode_form!r}")
         if self.max_blank_lines < 0:
-            raise ValueError(f"clean.max_blank_lines must be at least 0, got {self.max_blank_lines}")
+            raise ValueError(f"data.clean.max_blank_lines must be at least 0, got {self.max_blank_lines}")
 
 
 def fix_unicode(text: str) -> str:
@@ -94,7 +94,7 @@ def normalize_whitespace(text: str, max_blank_lines: int = 2) -> str:
     no blank lines at either end, one final newline."""
     text = "\n".join(line.rstrip(" \t") for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"))
     if "\n" * (max_blank_lines + 2) in text:
-        text = re.sub(r"\n{%d,}" % (max_blank_lines + 2), "\n" * (max_blank_lines + 1), text)
+        text = re.sub(rf"\n{{{max_blank_lines + 2},}}", "\n" * (max_blank_lines + 1), text)
     text = text.strip("\n")
     return text + "\n" if text else ""
 

@@ -14,9 +14,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import xxhash
-from datasketch import MinHash, MinHashLSH
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 NEAR_ACTIONS = ("group", "drop")
 _SCHEME = "affine32"
@@ -35,13 +32,13 @@ class NearDedupConfig:
 
     def __post_init__(self):
         if not 0 < self.threshold <= 1:
-            raise ValueError(f"dedup.near.threshold must be in (0, 1], got {self.threshold}")
+            raise ValueError(f"data.dedup.near.threshold must be in (0, 1], got {self.threshold}")
         if self.unit not in ("word", "char"):
-            raise ValueError(f"dedup.near.unit must be word or char, got {self.unit!r}")
+            raise ValueError(f"data.dedup.near.unit must be word or char, got {self.unit!r}")
         if self.ngram < 1 or self.num_perm < 16:
-            raise ValueError("dedup.near.ngram must be at least 1 and dedup.near.num_perm at least 16")
+            raise ValueError("data.dedup.near.ngram must be at least 1 and data.dedup.near.num_perm at least 16")
         if self.action not in NEAR_ACTIONS:
-            raise ValueError(f"dedup.near.action must be group or drop, got {self.action!r}")
+            raise ValueError(f"data.dedup.near.action must be group or drop, got {self.action!r}")
 
 
 @dataclass
@@ -61,6 +58,8 @@ class Signer:
     expression per chunk instead of a Python int per shingle, three times faster."""
 
     def __init__(self, num_perm: int, seed: int):
+        from datasketch import MinHash  # imported here: it pulls in scipy, which configs never need
+
         a, b = MinHash(num_perm=num_perm, seed=seed, scheme=_SCHEME).permutations
         self.a, self.b = a.reshape(-1, 1), b.reshape(-1, 1)
 
@@ -100,6 +99,8 @@ class NearDuplicates:
     bucket, about 6 kB per document: too much for a corpus of millions in bounded memory."""
 
     def __init__(self, config: NearDedupConfig):
+        from datasketch import MinHashLSH
+
         self.config = config
         layout = MinHashLSH(threshold=config.threshold, num_perm=config.num_perm, weights=(0.1, 0.9))
         self.bands, self.rows = layout.b, layout.r
@@ -147,6 +148,9 @@ def components(n: int, pairs: list[tuple[int, int]]) -> np.ndarray:
     """Component label of each of n nodes joined by the pairs (union-find by scipy)."""
     if not pairs:
         return np.arange(n)
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     a, b = np.array(pairs, dtype=np.int64).T
     graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
     return connected_components(graph, directed=False)[1]

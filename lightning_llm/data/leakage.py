@@ -23,7 +23,7 @@ class LeakageConfig:
 
     def __post_init__(self):
         if self.ngram < 1 or self.max_hashes < 1:
-            raise ValueError("leakage.ngram and leakage.max_hashes must be at least 1")
+            raise ValueError("data.leakage.ngram and data.leakage.max_hashes must be at least 1")
 
 
 class NgramSample:

@@ -57,6 +57,12 @@ def markdown(r: dict) -> str:
         out.append("\nSkipped input (never fatal):\n\n")
         out.append(table(["kind", "count", "where (first ones)"],
                          [[k, v["count"], "; ".join(v["examples"][:5])] for k, v in skipped.items()]))
+    cut = r["read"].get("long_documents", {})
+    if cut.get("documents"):
+        out.append(f"\n{cut['documents']:,} document(s) longer than `data.max_document_chars` "
+                   f"({cut['max_document_chars']:,} characters) were cut into {cut['pieces']:,} pieces at line breaks "
+                   "or spaces, each a document of its own (`<id>#part<k>`), kept in one split: "
+                   + ", ".join(cut["examples"][:5]) + "\n")
     if r["read"]["renamed_ids"]:
         out.append(f"\nRepeated ids renamed with a #n suffix: {', '.join(r['read']['renamed_ids'][:5])}\n")
 

@@ -2,18 +2,29 @@
 
 Every reader yields `Document`s one at a time (nothing holds a whole corpus), and turns
 bad input into a counted skip instead of a crash: a binary or empty file, invalid
-UTF-8, an unreadable or missing path, a JSONL line that is not JSON, a record without
-its text field. `Skipped` keeps the count and the first places of each kind; the
-prepare step prints one warning line per kind and writes them all to the report.
+UTF-8, an unreadable or missing path, something that is not a regular file (a named pipe,
+a socket, a device: never opened, since reading one can block forever), a JSONL line that
+is not JSON, a record without its text field. `Skipped` keeps the count and the first
+places of each kind; the prepare step prints one warning line per kind and writes them
+all to the report.
+
+A document longer than `max_chars` characters becomes consecutive pieces of at most that
+many, cut after a line break (else a space) in each piece's second half, each a document of
+its own with the id `<id>#part<k>` and `part=k`; the split keeps the pieces of one document
+together. A text file is read piece by piece, so its size never sets the memory used; a JSONL
+record or dataset row is parsed whole first, then cut.
 """
 
 from __future__ import annotations
 
+import codecs
 import glob
 import json
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+import os
+import stat
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from lightning_llm.data.documents import Document
@@ -22,6 +33,7 @@ log = logging.getLogger(__name__)
 SOURCE_KINDS = ("shakespeare", "text_files", "jsonl", "hf")
 DEFAULT_EXTENSIONS = {"text_files": [".txt", ".md"], "jsonl": [".jsonl"]}
 _EXAMPLES_KEPT = 20
+_READ_BYTES = 1 << 18  # block size when a large file is checked as it streams
 
 
 @dataclass
@@ -33,7 +45,7 @@ class SourceConfig:
     weight: float = 1.0  # how many times each of its train documents enters the train shard (0.5: half of them)
     editions: list[str] = field(default_factory=lambda: ["gutenberg", "folio"])  # shakespeare
     paths: list[str] = field(default_factory=list)  # text_files, jsonl: files, directories or globs
-    extensions: list[str] | None = None  # text_files, jsonl: files read from a directory (default .txt .md / .jsonl)
+    extensions: list[str] | None = None  # text_files, jsonl: files read from a directory (None: .txt .md / .jsonl)
     text_field: str = "text"  # jsonl, hf: the field holding the text; the other fields become metadata
     id_field: str | None = None  # jsonl, hf: a field holding an id (default: file:line, dataset[row])
     dataset: str | None = None  # hf: a dataset name or a local directory for datasets.load_dataset
@@ -50,6 +62,8 @@ class SourceConfig:
             raise ValueError(f"a {self.source} source needs paths=[<file, directory or glob>, ...]")
         if self.source == "hf" and not self.dataset:
             raise ValueError("an hf source needs dataset=<dataset name or local directory>")
+        if self.extensions is None and self.source in DEFAULT_EXTENSIONS:
+            self.extensions = list(DEFAULT_EXTENSIONS[self.source])
 
 
 class Skipped:
@@ -74,20 +88,52 @@ class Skipped:
         return {kind: {"count": n, "examples": self.examples[kind]} for kind, n in self.count.items()}
 
 
-def read_source(name: str, config: SourceConfig, skipped: Skipped) -> Iterator[Document]:
-    """Documents of one source, tagged with its name."""
+def read_source(name: str, config: SourceConfig, skipped: Skipped, max_chars: int | None = None
+                ) -> Iterator[Document]:
+    """Documents of one source, tagged with its name; with max_chars, none is longer (see above)."""
     if config.source == "shakespeare":
         from lightning_llm.data.shakespeare import read_shakespeare
         docs = read_shakespeare(config.editions, skipped)
     elif config.source == "text_files":
-        docs = read_text_files(config, skipped)
+        docs = read_text_files(config, skipped, max_chars)
     elif config.source == "jsonl":
         docs = read_jsonl(config, skipped)
     else:
         docs = read_hf(config, skipped)
     for doc in docs:
         doc.source = name
-        yield doc
+        if max_chars is None or len(doc.text) <= max_chars:
+            yield doc
+            continue
+        for part, text in enumerate(cut_pieces(chunked(doc.text, max_chars), max_chars), start=1):
+            yield replace(doc, id=f"{doc.id}#part{part}", text=text, meta=dict(doc.meta), part=part)
+
+
+def chunked(text: str, size: int) -> Iterator[str]:
+    return (text[i:i + size] for i in range(0, len(text), size))
+
+
+def cut_pieces(chunks: Iterable[str], max_chars: int) -> Iterator[str]:
+    """The text the chunks spell, as consecutive pieces of at most max_chars characters, each cut
+    after the last line break of its second half, else after the last space there, else at
+    max_chars. Holds at most max_chars plus one chunk."""
+    rest = ""
+    for chunk in chunks:
+        rest += chunk
+        while len(rest) > max_chars:
+            end = cut_point(rest, max_chars)
+            yield rest[:end]
+            rest = rest[end:]
+    if rest:
+        yield rest
+
+
+def cut_point(text: str, max_chars: int) -> int:
+    for separator in ("\n", " "):
+        at = text.rfind(separator, max_chars // 2, max_chars)
+        if at >= 0:
+            return at + 1
+    return max_chars
 
 
 def source_files(config: SourceConfig, skipped: Skipped | None = None) -> list[Path]:
@@ -105,10 +151,30 @@ def source_files(config: SourceConfig, skipped: Skipped | None = None) -> list[P
             skipped.add("missing path", pattern, "nothing there")
         for path in matches:
             if path.is_dir():
-                files += sorted(p for p in path.rglob("*") if p.name.endswith(extensions) and not p.is_dir())
+                found = sorted(p for p in path.rglob("*") if p.name.endswith(extensions) and not p.is_dir())
             else:
-                files.append(path)
+                found = [path]
+            for file in found:
+                kind = special_file_kind(file)
+                if kind is None:
+                    files.append(file)
+                elif skipped is not None:
+                    skipped.add("not a regular file", str(file), kind)
     return list(dict.fromkeys(files))  # a file named twice is read once
+
+
+def special_file_kind(path: Path) -> str | None:
+    """What a path is when it is not a regular file (a named pipe, a socket, a device), else None.
+    A path that cannot be looked at is left to the reader, which counts it as unreadable."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    kinds = {stat.S_ISFIFO: "named pipe", stat.S_ISSOCK: "socket", stat.S_ISCHR: "character device",
+             stat.S_ISBLK: "block device"}
+    return next((name for test, name in kinds.items() if test(mode)), "not a file")
 
 
 def read_file_text(path: Path, skipped: Skipped) -> str | None:
@@ -132,12 +198,54 @@ def read_file_text(path: Path, skipped: Skipped) -> str | None:
     return text
 
 
-def read_text_files(config: SourceConfig, skipped: Skipped) -> Iterator[Document]:
+def read_text_files(config: SourceConfig, skipped: Skipped, max_chars: int | None = None) -> Iterator[Document]:
     for path in source_files(config, skipped):
-        text = read_file_text(path, skipped)
-        if text is not None:
-            yield Document(id=str(path), text=text, source="", meta={"dir": str(path.parent), "file": path.name},
-                           origin=str(path))
+        meta = {"dir": str(path.parent), "file": path.name}
+        try:
+            large = max_chars is not None and path.stat().st_size > max_chars  # n bytes hold at most n characters
+        except OSError:
+            large = False  # read_file_text counts it
+        if not large:
+            text = read_file_text(path, skipped)
+            if text is not None:
+                yield Document(id=str(path), text=text, source="", meta=meta, origin=str(path))
+        elif is_text_file(path, skipped):
+            with open(path, encoding="utf-8", newline="") as f:
+                pieces = cut_pieces(iter(lambda: f.read(max_chars), ""), max_chars)
+                for part, text in enumerate(pieces, start=1):
+                    yield Document(id=f"{path}#part{part}", text=text, source="", meta=dict(meta), origin=str(path),
+                                   part=part)
+
+
+def is_text_file(path: Path, skipped: Skipped) -> bool:
+    """read_file_text's checks (readable, not binary, valid UTF-8, not blank) on a file streamed
+    in blocks, so a file of any size is judged whole before any of it is used."""
+    decoder, offset, blank = codecs.getincrementaldecoder("utf-8")(), 0, True
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(_READ_BYTES), b""):
+                if offset == 0 and b"\x00" in block[:8192]:
+                    skipped.add("binary file", str(path))
+                    return False
+                pending = len(decoder.getstate()[0])  # bytes of a character cut by the last block
+                try:
+                    text = decoder.decode(block)
+                except UnicodeDecodeError as err:
+                    skipped.add("invalid UTF-8", str(path), f"byte {offset - pending + err.start}")
+                    return False
+                blank = blank and not text.strip()
+                offset += len(block)
+            decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        skipped.add("invalid UTF-8", str(path), f"byte {offset - len(decoder.getstate()[0])}")
+        return False
+    except OSError as err:
+        skipped.add("unreadable path", str(path), err.strerror or type(err).__name__)
+        return False
+    if blank:
+        skipped.add("empty file", str(path))
+        return False
+    return True
 
 
 def read_jsonl(config: SourceConfig, skipped: Skipped) -> Iterator[Document]:

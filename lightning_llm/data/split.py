@@ -30,14 +30,15 @@ class SplitConfig:
     test: float = 0.1
     seed: int = 1337
     group_by: str | None = None  # documents sharing this key land in one split (near-dup clusters always do)
-    stratify_by: str | None = None  # each split keeps the corpus's mix of this key: source, genre...
+    stratify_by: str | None = "source"  # each split keeps the corpus's mix of this key: source, genre...
 
     def __post_init__(self):
         if not (0 <= self.val < 1 and 0 <= self.test < 1 and self.val + self.test < 1):
-            raise ValueError(f"split.val ({self.val}) and split.test ({self.test}) must be in [0, 1) and sum below 1")
+            raise ValueError(f"data.split.val ({self.val}) and data.split.test ({self.test}) must be in [0, 1) "
+                             "and sum below 1")
 
 
-def group_pairs(values: list[str | None]) -> list[tuple[int, int]]:
+def group_pairs(values: list) -> list[tuple[int, int]]:
     """Pairs joining every document to the first one with the same (non-missing) value."""
     first: dict[str, int] = {}
     pairs = []
@@ -85,9 +86,11 @@ def assign_splits(names: list[str], sizes: list[int], strata: list[str | None], 
 def split_of_documents(docs: list, sizes: list[int], config: SplitConfig, near_pairs: list[tuple[int, int]] = ()
                        ) -> tuple[list[str], list[str | None], np.ndarray]:
     """Each document's split, its stratum and its group label. A group joins the documents that
-    share the group_by value with those near_pairs (indices into docs) links."""
+    share the group_by value, the pieces of one long document, and what near_pairs (indices into
+    docs) links."""
     values = [d.key(config.group_by) for d in docs] if config.group_by else [None] * len(docs)
-    groups = components(len(docs), group_pairs(values) + list(near_pairs))
+    pieces = [(d.source, d.origin) if d.part else None for d in docs]  # a document's pieces share both
+    groups = components(len(docs), group_pairs(values) + group_pairs(pieces) + list(near_pairs))
     strata = [d.key(config.stratify_by) if config.stratify_by else None for d in docs]
     names = [value if value is not None else d.id for value, d in zip(values, docs)]
     return assign_splits(names, sizes, strata, groups, config), strata, groups

@@ -24,13 +24,18 @@ from lightning_llm.errors import UserError
 EOT = "<|endoftext|>"  # separates documents
 UNK = "<|unk|>"  # char and unigram: a character never seen in training
 KINDS = ("char", "bpe", "unigram")
+# Each kind's defaults, as conf/tokenizer/<kind>.yaml sets them.
+KIND_DEFAULTS = {"char": {"vocab_size": 0, "min_frequency": 1}, "bpe": {"vocab_size": 4096, "min_frequency": 2},
+                 "unigram": {"vocab_size": 4096, "min_frequency": 1}}
 
 
 @dataclass
 class TokenizerConfig:
+    """`TokenizerConfig(kind=k)` is what `tokenizer=k` composes (conf/tokenizer/<k>.yaml)."""
+
     kind: str = "char"  # char | bpe | unigram
-    vocab_size: int = 4096  # bpe, unigram: the whole vocabulary; char: at most this many (0: every character)
-    min_frequency: int = 1  # bpe: pairs rarer than this are not merged; char: rarer characters become <|unk|>
+    vocab_size: int | None = None  # bpe, unigram: the whole vocabulary; char: at most this many (0: every character)
+    min_frequency: int | None = None  # bpe: pairs rarer than this are not merged; char: rarer characters become <|unk|>
     bos: str | None = "<|bos|>"  # reserved special tokens (null: none); documents are separated by <|endoftext|>
     eos: str | None = "<|eos|>"
     pad: str | None = "<|pad|>"
@@ -38,16 +43,19 @@ class TokenizerConfig:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"tokenizer.kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        for key, value in KIND_DEFAULTS[self.kind].items():  # None: the kind's default
+            if getattr(self, key) is None:
+                setattr(self, key, value)
         specials = self.special_tokens()
         if len(set(specials)) != len(specials) or any(not s for s in specials):
-            raise ValueError(f"tokenizer special tokens must be distinct and non-empty, got {specials}")
+            raise ValueError(f"tokenizer: special tokens must be distinct and non-empty, got {specials}")
         if any(len(s) == 1 for s in specials):
             # one character is text: the char tokenizer would read it from documents as the special token
-            raise ValueError(f"special tokens must be longer than one character, got {specials}: "
+            raise ValueError(f"tokenizer: special tokens must be longer than one character, got {specials}: "
                              "use a form like <|bos|>")
         if self.kind == "bpe" and self.vocab_size < 256 + len(specials) + 1:
-            raise ValueError(f"a byte-level BPE vocabulary needs more than {256 + len(specials)} tokens "
-                             f"(256 bytes and the special tokens), got {self.vocab_size}")
+            raise ValueError(f"tokenizer.vocab_size: a byte-level BPE vocabulary needs more than "
+                             f"{256 + len(specials)} tokens (256 bytes and the special tokens), got {self.vocab_size}")
         if self.kind == "unigram" and self.vocab_size <= len(specials):
             raise ValueError(f"tokenizer.vocab_size ({self.vocab_size}) must exceed the special tokens")
         if self.vocab_size < 0 or self.min_frequency < 1:
@@ -83,7 +91,8 @@ def train_tokenizer(config: TokenizerConfig, texts: Iterable[str]) -> Tokenizer:
                                                            pre_tokenizers.Metaspace(prepend_scheme="never")])
         tokenizer.decoder = decoders.Metaspace(prepend_scheme="never")
         trainer = trainers.UnigramTrainer(vocab_size=config.vocab_size, special_tokens=specials, unk_token=UNK,
-                                          initial_alphabet=sorted(set("".join(specials))), show_progress=sys.stderr.isatty())
+                                          initial_alphabet=sorted(set("".join(specials))),
+                                          show_progress=sys.stderr.isatty())
     tokenizer.train_from_iterator(texts, trainer=trainer)
     if config.kind == "unigram":
         tokenizer = demote_special_pieces(tokenizer, specials)

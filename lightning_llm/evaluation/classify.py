@@ -12,6 +12,7 @@ against its precision.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from lightning_llm.artifacts import pyplot, save_figure
-from lightning_llm.evaluation.passages import BalancedWindows
+from lightning_llm.data.prepared import PreparedData
+from lightning_llm.evaluation.config import ClassifyTask
+from lightning_llm.evaluation.passages import BalancedWindows, DocumentSpan, labelled_passages
 from lightning_llm.model import GPT
 
 
@@ -100,3 +103,43 @@ def plot_confusions(matrices: dict[str, np.ndarray], classes: list[str], title: 
     fig.suptitle(title)
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
+
+
+def pretrained_vs_random(model: GPT, documents: list[DocumentSpan], data: PreparedData, task: ClassifyTask, *,
+                         seed: int, device: str, out_dir: Path) -> dict:
+    """Fine-tune a classifier of `task.label` from the model's weights and, as the control, from a
+    seeded random init of the same architecture, on the same balanced train batches; score both on
+    val and test; plot their confusion matrices into out_dir. Returns the results section."""
+    label = task.label
+    length = min(task.passage_tokens or model.config.block_size, model.config.block_size)
+    classes = sorted({d.meta[label] for d in documents})
+    splits = [s for s in ("val", "test") if any(d.split == s for d in documents)]
+    evaluated = {s: labelled_passages(documents, data.tokens(s), s, label, classes, length, task.max_eval_passages)
+                 for s in splits}
+    train_works = {name: sorted({d.meta.get("work", d.id) for d in documents
+                                 if d.split == "train" and d.meta[label] == name}) for name in classes}
+    described = {"train": {"works": train_works}}
+    described |= {s: {"works": p.works_by_class, "passages": p.counts(classes)} for s, p in evaluated.items()}
+    results = {"label": label, "classes": classes, "passage_tokens": length, "steps": task.steps,
+               "batch_size": task.batch_size, "lr": task.lr, "data": described}
+    starts = {"pretrained": lambda: copy.deepcopy(model), "scratch": lambda: GPT(model.config)}
+    matrices: dict[str, dict[str, np.ndarray]] = {s: {} for s in splits}
+    for init, make_body in starts.items():
+        torch.manual_seed(seed)  # a seeded random init for the control
+        body = make_body()
+        torch.manual_seed(seed)  # and the same head init for both
+        classifier = SequenceClassifier(body, len(classes))
+        batches = BalancedWindows(documents, data.tokens("train"), "train", label, classes, length, seed)
+        losses = fine_tune(classifier, batches, task.steps, task.batch_size, task.lr, device, desc=f"classify ({init})")
+        results[init] = {"train_loss_last_10": float(np.mean(losses[-10:]))}
+        for split, passages in evaluated.items():
+            preds = predict(classifier, passages.windows, task.batch_size, device)
+            matrices[split][init] = confusion_matrix(passages.labels, preds, len(classes))
+            results[init][split] = classification_metrics(matrices[split][init], classes)
+    names = {"pretrained": "pretrained", "scratch": "random init"}
+    for split in splits:
+        plot_confusions({f"{names[init]} ({results[init][split]['macro']['f1']:.2f} macro F1)": m
+                         for init, m in matrices[split].items()},
+                        classes, f"{label} on {split}: pretrained vs random init", out_dir / f"confusion_{split}.png")
+    results["plots"] = {split: f"confusion_{split}.png" for split in splits}
+    return results

@@ -6,8 +6,8 @@ import glob
 import json
 from pathlib import Path
 
-from lightning_llm.errors import UserError
 from lightning_llm.artifacts import write_text
+from lightning_llm.errors import UserError
 from lightning_llm.evaluation.report import table
 
 COLUMNS = {"val/bpb": "val bpb", "test/bpb": "test bpb", "ngram/test/bpb": "n-gram test bpb",
@@ -32,9 +32,21 @@ def load(run: Path) -> tuple[dict, dict]:
     metrics = next((p for p in (run / "metrics.json", run / "eval" / "metrics.json") if p.exists()), None)
     if metrics is None:
         raise UserError(f"runs: {run} has no eval/metrics.json: run `llm eval ckpt={run}` first")
-    results = json.loads(metrics.read_text())
+    results = read_json(metrics, f"llm eval ckpt={run}")
     record_path = Path(results.get("run_dir") or metrics.parent.parent) / "run.json"
-    return results, json.loads(record_path.read_text()) if record_path.exists() else {}
+    return results, read_json(record_path, f"the run in {record_path.parent}") if record_path.exists() else {}
+
+
+def read_json(path: Path, remedy: str) -> dict:
+    """A JSON object from a file, or one line that says the file is broken and what rewrites it."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"runs: {path} is empty, truncated or unreadable ({type(err).__name__}: {err}): "
+                        f"re-run {remedy}") from None
+    if not isinstance(value, dict):
+        raise UserError(f"runs: {path} does not hold a JSON object: re-run {remedy}")
+    return value
 
 
 def compare_markdown(runs: list[Path]) -> str:

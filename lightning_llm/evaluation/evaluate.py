@@ -12,7 +12,6 @@ folder its run.json names): no Hydra, no Lightning. The tasks are
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import time
@@ -20,96 +19,22 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from tokenizers import Tokenizer
 
-from lightning_llm.data import PreparedData
+from lightning_llm.artifacts import write_text
+from lightning_llm.data.prepared import PreparedData
 from lightning_llm.errors import UserError
 from lightning_llm.evaluation import passages as P
-from lightning_llm.evaluation.classify import (SequenceClassifier, classification_metrics, confusion_matrix,
-                                               fine_tune, plot_confusions, predict)
+from lightning_llm.evaluation.classify import pretrained_vs_random
+from lightning_llm.evaluation.config import TASKS, EvalConfig
 from lightning_llm.evaluation.generation import continuation_scores, decode, diversity, transformer_continuations
 from lightning_llm.evaluation.lm import lm_metrics, score_tokens, utf8_bytes
 from lightning_llm.evaluation.ngram import KneserNey
-from lightning_llm.artifacts import write_text
 from lightning_llm.evaluation.report import write_outputs
 from lightning_llm.evaluation.samples import samples_markdown
-from lightning_llm.model import GPT
-from lightning_llm.model.io import Artifact, load_artifact, resolve_checkpoint, resolve_device, run_dir_of
+from lightning_llm.model.io import Artifact, load_artifact, resolve_checkpoint, run_dir_of
 
 log = logging.getLogger("lightning_llm")
-TASKS = ("lm", "ngram", "generation", "classify", "samples")
-
-
-@dataclass
-class LMTask:
-    splits: list[str]
-    stride: int | None  # tokens between window starts; None: block_size (non-overlapping windows)
-    max_tokens: int | None  # score only the first max_tokens of each split; None: all of it
-
-
-@dataclass
-class NgramTask:
-    order: int
-
-
-@dataclass
-class GenerationTask:
-    passages: int  # K passages of the test split
-    prompt_tokens: int  # N tokens of prompt
-    new_tokens: int  # M tokens generated and scored against the true continuation
-    temperature: float
-    top_k: int | None
-
-
-@dataclass
-class ClassifyTask:
-    label: str  # the document metadata field to predict
-    passage_tokens: int | None  # None: the model's block_size
-    steps: int
-    batch_size: int
-    lr: float
-    max_eval_passages: int | None  # per split, thinned evenly over its documents
-
-
-@dataclass
-class SamplesTask:
-    prompts: list[str]
-    temperatures: list[float]
-    new_tokens: int
-    top_k: int | None
-
-
-@dataclass
-class EvalConfig:
-    ckpt: str
-    data_dir: str | None  # None: the prepared-data folder named in the run's run.json
-    out_dir: str | None  # None: <run dir>/eval
-    tasks: list[str]
-    seed: int
-    device: str
-    batch_size: int
-    lm: LMTask
-    ngram: NgramTask
-    generation: GenerationTask
-    classify: ClassifyTask
-    samples: SamplesTask
-
-    def __post_init__(self):
-        unknown = [t for t in self.tasks if t not in TASKS]
-        if unknown or not self.tasks:
-            raise ValueError(f"unknown task(s) {unknown}; tasks are {', '.join(TASKS)}" if unknown
-                             else f"tasks is empty; tasks are {', '.join(TASKS)}")
-        positive = {"batch_size": self.batch_size, "ngram.order": self.ngram.order,
-                    "generation.passages": self.generation.passages,
-                    "generation.prompt_tokens": self.generation.prompt_tokens,
-                    "generation.new_tokens": self.generation.new_tokens, "classify.steps": self.classify.steps,
-                    "classify.batch_size": self.classify.batch_size, "samples.new_tokens": self.samples.new_tokens,
-                    **({"lm.stride": self.lm.stride} if self.lm.stride is not None else {})}
-        for name, value in positive.items():
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
-        self.device = resolve_device(self.device)
 
 
 @dataclass
@@ -256,42 +181,8 @@ class Evaluation:
                 "reference": diversity(references), "examples": examples}
 
     def classify(self) -> dict:
-        c, label = self.config.classify, self.config.classify.label
-        length = min(c.passage_tokens or self.model.config.block_size, self.model.config.block_size)
-        classes = sorted({d.meta[label] for d in self.documents})
-        splits = [s for s in ("val", "test") if any(d.split == s for d in self.documents)]
-        evaluated = {s: P.labelled_passages(self.documents, self.data.tokens(s), s, label, classes, length,
-                                            c.max_eval_passages) for s in splits}
-        train_works = {name: sorted({d.meta.get("work", d.id) for d in self.documents
-                                     if d.split == "train" and d.meta[label] == name}) for name in classes}
-        data = {"train": {"works": train_works}}
-        data |= {s: {"works": p.works_by_class, "passages": p.counts(classes)} for s, p in evaluated.items()}
-        results = {"label": label, "classes": classes, "passage_tokens": length, "steps": c.steps,
-                   "batch_size": c.batch_size, "lr": c.lr, "data": data}
-        starts = {"pretrained": lambda: copy.deepcopy(self.model), "scratch": lambda: GPT(self.model.config)}
-        matrices: dict[str, dict[str, np.ndarray]] = {s: {} for s in splits}
-        for init, make_body in starts.items():
-            torch.manual_seed(self.config.seed)  # a seeded random init for the control
-            body = make_body()
-            torch.manual_seed(self.config.seed)  # and the same head init for both
-            classifier = SequenceClassifier(body, len(classes))
-            batches = P.BalancedWindows(self.documents, self.data.tokens("train"), "train", label, classes, length,
-                                        self.config.seed)
-            losses = fine_tune(classifier, batches, c.steps, c.batch_size, c.lr, self.config.device,
-                               desc=f"classify ({init})")
-            results[init] = {"train_loss_last_10": float(np.mean(losses[-10:]))}
-            for split, data in evaluated.items():
-                preds = predict(classifier, data.windows, c.batch_size, self.config.device)
-                matrices[split][init] = confusion_matrix(data.labels, preds, len(classes))
-                results[init][split] = classification_metrics(matrices[split][init], classes)
-        names = {"pretrained": "pretrained", "scratch": "random init"}
-        for split in splits:
-            plot_confusions({f"{names[init]} ({results[init][split]['macro']['f1']:.2f} macro F1)": m
-                             for init, m in matrices[split].items()},
-                            classes, f"{label} on {split}: pretrained vs random init",
-                            self.out_dir / f"confusion_{split}.png")
-        results["plots"] = {split: f"confusion_{split}.png" for split in splits}
-        return results
+        return pretrained_vs_random(self.model, self.documents, self.data, self.config.classify, seed=self.config.seed,
+                                    device=self.config.device, out_dir=self.out_dir)
 
     def samples(self) -> dict:
         s = self.config.samples

@@ -42,6 +42,7 @@ def decode(tokenizer: Tokenizer, rows: np.ndarray) -> list[str]:
 def transformer_continuations(model: GPT, prompts: np.ndarray, new_tokens: int, temperature: float,
                               top_k: int | None, seed: int, device: str) -> np.ndarray:
     """(K, new_tokens) sampled continuations of the (K, N) prompts, in one seeded batch."""
+    model.eval()
     generator = torch.Generator(device=device).manual_seed(seed)
     idx = torch.from_numpy(prompts).to(device)
     out = model.generate(idx, new_tokens, temperature, top_k, generator=generator)

@@ -40,7 +40,7 @@ class KneserNey:
             raise ValueError(f"n-gram order must be at least 1, got {order}")
         self.order, self.vocab_size = order, vocab_size
 
-    def fit(self, tokens: np.ndarray) -> "KneserNey":
+    def fit(self, tokens: np.ndarray) -> KneserNey:
         """Count every k-gram (k = 1..order) of `tokens` and precompute each context's
         normaliser and back-off weight."""
         V, tokens = self.vocab_size, np.asarray(tokens, dtype=np.int64)

@@ -19,6 +19,7 @@ def samples_markdown(model: GPT, tokenizer: Tokenizer, prompts: list[str], tempe
     lines = ["# Samples for human evaluation", "",
              f"{new_tokens} new tokens, top-k {top_k}, seed {seed}. Read across temperatures: low is safe and "
              "repetitive, high is varied and error-prone.", ""]
+    model.eval()
     for prompt in prompts:
         ids = prompt_ids(tokenizer, prompt)
         lines += [f"## Prompt: {prompt!r}", ""]

@@ -7,6 +7,7 @@ config options, so a researcher can compare them one switch at a time.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass
 
@@ -39,6 +40,10 @@ class GPTConfig:
             (self.vocab_size > 0, f"vocab_size must be positive, got {self.vocab_size}"),
             (self.block_size > 0, f"block_size must be positive, got {self.block_size}"),
             (self.n_layer > 0 and self.n_head > 0, "n_layer and n_head must be positive"),
+            (self.n_embd > 0, f"n_embd must be positive, got {self.n_embd}"),
+            (self.mlp_ratio > 0 and int(self.mlp_ratio * self.n_embd) > 0,
+             f"mlp_ratio must give an MLP at least one unit wide, got {self.mlp_ratio}"),
+            (self.rope_theta > 0, f"rope_theta must be positive, got {self.rope_theta}"),
             (self.n_embd % self.n_head == 0,
              f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"),
             (self.n_kv_head > 0 and self.n_head % self.n_kv_head == 0,
@@ -89,19 +94,75 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class KVCache:
-    """Preallocated keys and values per layer, so decoding one token costs one token."""
+    """Preallocated keys and values per layer for `batch_size` rows, each row with its own length.
+
+    Row i holds the keys and values of positions [0, lengths[i]). A forward through the model
+    appends T tokens to every row of the cache it is given, each row at its own positions, and
+    attends over the row's own past only (a mask built from the lengths). `rows(a, b)`
+    is a view of rows [a, b) sharing the storage, so a batch of requests can be prefilled into
+    free rows, decoded over the active ones, and `move` compacts rows when one leaves.
+    """
 
     def __init__(self, config: GPTConfig, batch_size: int, device, dtype):
         shape = (batch_size, config.n_kv_head, config.block_size, config.head_dim)
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.length = 0  # positions filled so far
+        self.lengths = torch.zeros(batch_size, dtype=torch.long)  # on the CPU: read without a device sync
+        self.block_size = config.block_size
+        self.where = self.mask = None  # set by begin() for one forward: where to write, what to attend to
+        self.causal, self.end = False, 0
+
+    def rows(self, start: int, stop: int) -> KVCache:
+        """Rows [start, stop) as a cache of their own, sharing this one's storage."""
+        view = copy.copy(self)
+        view.keys = [k[start:stop] for k in self.keys]
+        view.values = [v[start:stop] for v in self.values]
+        view.lengths = self.lengths[start:stop]
+        return view
+
+    def move(self, src: int, dst: int) -> None:
+        """Copy row src into row dst (to fill the hole a finished row leaves)."""
+        n = int(self.lengths[src])
+        for k, v in zip(self.keys, self.values):
+            k[dst, :, :n] = k[src, :, :n]
+            v[dst, :, :n] = v[src, :, :n]
+        self.lengths[dst] = n
+
+    def begin(self, T: int) -> slice | torch.Tensor:
+        """Prepare a forward that appends T tokens to every row; returns their positions: a slice
+        when all rows start at the same length, else a (B, T) tensor. Sets the attention mask."""
+        starts = self.lengths
+        lengths = starts.tolist()
+        start, self.end = lengths[0], max(lengths) + T
+        if self.end > self.block_size:
+            raise ValueError(f"sequence of {self.end} tokens exceeds block_size {self.block_size}")
+        if min(lengths) == max(lengths) and (start == 0 or T == 1):
+            # a fresh batch is plain causal; one new token per row attends to the whole past
+            self.where = slice(start, start + T)
+            self.mask, self.causal = None, start == 0
+            return self.where
+        device = self.keys[0].device
+        positions = starts.to(device)[:, None] + torch.arange(T, device=device)  # (B, T)
+        self.where = (torch.arange(len(starts), device=device)[:, None], positions)
+        visible = torch.arange(self.end, device=device) <= positions[..., None]  # (B, T, end): its own past only
+        # additive, in the cache's dtype, made once here rather than by attention in every layer
+        self.mask = torch.zeros(visible.shape, dtype=self.keys[0].dtype, device=device).masked_fill_(
+            ~visible, float("-inf")).unsqueeze(1)  # (B, 1, T, end)
+        self.causal = False
+        return positions
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        end = self.length + k.size(2)
-        self.keys[layer][:, :, self.length:end] = k
-        self.values[layer][:, :, self.length:end] = v
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+        """Write the new (B, n_kv_head, T, head_dim) keys and values; return all keys and values to attend over."""
+        if isinstance(self.where, slice):
+            self.keys[layer][:, :, self.where] = k
+            self.values[layer][:, :, self.where] = v
+        else:  # row b's token t goes to position positions[b, t]
+            self.keys[layer][self.where[0], :, self.where[1]] = k.transpose(1, 2)
+            self.values[layer][self.where[0], :, self.where[1]] = v.transpose(1, 2)
+        return self.keys[layer][:, :, :self.end], self.values[layer][:, :, :self.end]
+
+    def advance(self, T: int) -> None:
+        self.lengths += T
 
 
 class CausalSelfAttention(nn.Module):
@@ -123,15 +184,12 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         if self.use_rope:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        # A cache that already holds the past lets new queries see all of it; a fresh
-        # sequence (training, or the prompt) needs the causal mask.
-        causal = cache is None or cache.length == 0
-        if cache is not None:
-            if not causal and T > 1:
-                raise ValueError("decode with a warm KV cache one token at a time")
+        mask, causal = None, True  # training: the sequence attends causally to itself
+        if cache is not None:  # the cache appends the new keys and says what each query may see
             k, v = cache.update(layer, k, v)
+            mask, causal = cache.mask, cache.causal
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=causal, dropout_p=self.dropout if self.training else 0.0,
+            q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0,
             enable_gqa=self.n_kv_head != self.n_head,
         )
         y = y.transpose(1, 2).contiguous().view(B, T, C)
@@ -204,11 +262,13 @@ class GPT(nn.Module):
             n -= self.pos_emb.weight.numel()
         return n
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None):
-        """Logits for every position (training) or the last one (inference); loss when targets are given."""
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
+                every_position: bool = False):
+        """Logits for every position (training, or every_position) or the last one (inference);
+        loss when targets are given."""
         x = self.features(idx, cache)
         if targets is None:
-            return self.lm_head(x[:, -1:, :]), None
+            return self.lm_head(x if every_position else x[:, -1:, :]), None
         logits = self.lm_head(x)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
         return logits, loss
@@ -216,49 +276,56 @@ class GPT(nn.Module):
     def features(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """The final normalised hidden states (B, T, n_embd): what the LM head, or a task head, reads."""
         B, T = idx.shape
-        start = cache.length if cache is not None else 0
-        if start + T > self.config.block_size:
-            raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
+        if cache is None:
+            if T > self.config.block_size:
+                raise ValueError(f"sequence of {T} tokens exceeds block_size {self.config.block_size}")
+            positions = slice(0, T)
+        else:  # each row continues at its own length: a slice when they are all equal, else (B, T)
+            positions = cache.begin(T)
         x = self.tok_emb(idx)
         if self.pos_emb is not None:
-            x = x + self.pos_emb.weight[start:start + T]
-        rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T]) if self.config.position == "rope" else None
+            x = x + self.pos_emb.weight[positions]
+        rope = None
+        if self.config.position == "rope":
+            rope = (self.rope_cos[positions], self.rope_sin[positions])
+            if rope[0].dim() == 3:  # per-row positions: (B, T, hd/2) -> (B, 1, T, hd/2), broadcast over heads
+                rope = (rope[0].unsqueeze(1), rope[1].unsqueeze(1))
         x = self.drop(x)
         for layer, block in enumerate(self.blocks):
             x = block(x, rope, cache, layer)
         if cache is not None:
-            cache.length += T
+            cache.advance(T)
         return self.norm_f(x)
 
     @torch.inference_mode()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 generator: torch.Generator | None = None, use_cache: bool = True) -> torch.Tensor:
-        """Sample continuations of idx (B, T). With the cache each new token costs one position;
-        when the window fills, the cache restarts from the last half-window of context (so past
-        the window it conditions on less context than use_cache=False, which slides the window)."""
-        self.eval()
-        dtype = next(self.parameters()).dtype
-        cache = None
-        for _ in range(max_new_tokens):
-            if not use_cache:
+                 generator: torch.Generator | list | None = None, use_cache: bool = True,
+                 top_p: float = 1.0) -> torch.Tensor:
+        """idx (B, T) followed by max_new_tokens sampled tokens per row: a convenience over
+        generation.stream, which it runs with a sliding window: a prompt longer than block_size
+        keeps its last block_size tokens, and a row that fills the window continues from its
+        last block_size // 2 tokens (use_cache=False instead recomputes the last block_size
+        tokens for every new token: slower, and it conditions on more context).
+        The model's mode is the caller's: in training mode dropout is on."""
+        from lightning_llm.model.generation import stream
+        from lightning_llm.model.sampling import sample
+
+        if not use_cache:
+            for _ in range(max_new_tokens):
                 logits, _ = self(idx[:, -self.config.block_size:])
-            elif cache is None or cache.length == self.config.block_size:
-                context = idx[:, -(max(1, self.config.block_size // 2) if cache is not None else self.config.block_size):]
-                cache = KVCache(self.config, idx.size(0), idx.device, dtype)
-                logits, _ = self(context, cache=cache)
-            else:
-                logits, _ = self(idx[:, -1:], cache=cache)
-            logits = logits[:, -1, :].float()
-            if temperature == 0:
-                next_id = logits.argmax(dim=-1, keepdim=True)
-            else:
-                logits = logits / temperature
-                if top_k is not None and top_k < logits.size(-1):
-                    kth = torch.topk(logits, top_k).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                next_id = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
-            idx = torch.cat((idx, next_id), dim=1)
-        return idx
+                next_id = sample(logits[:, -1, :], temperature=temperature, top_k=top_k, top_p=top_p,
+                                 generator=generator)
+                idx = torch.cat((idx, next_id[:, None]), dim=1)
+            return idx
+        if max_new_tokens < 1:
+            return idx
+        prompts = idx[:, -self.config.block_size:].tolist()
+        new = [[] for _ in prompts]
+        for step in stream(self, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                           top_p=top_p, generators=generator, slide=True):
+            for token in step:
+                new[token.row].append(token.id)
+        return torch.cat((idx, torch.tensor(new, dtype=idx.dtype, device=idx.device)), dim=1)
 
 
 def flops_per_token(model: GPT) -> float:

@@ -106,6 +106,19 @@ def add_checkpoint_tokenizer(checkpoint: dict, tokenizer_json: str) -> None:
     checkpoint[CKPT_TOKENIZER] = tokenizer_json
 
 
+def checkpoint_mismatch(checkpoint: dict, *, model_config: dict, tokenizer_json: str) -> str | None:
+    """Why this checkpoint cannot continue a run of model_config with this tokenizer, or None."""
+    saved = checkpoint_model_config(checkpoint)
+    differ = [f"{k}: checkpoint {saved.get(k)!r} vs config {v!r}" for k, v in model_config.items() if saved.get(k) != v]
+    if differ:
+        return f"it was trained with another model config ({', '.join(differ)})"
+    saved_tokenizer = checkpoint_tokenizer(checkpoint)
+    if saved_tokenizer is not None and tokenizer_hash(saved_tokenizer) != tokenizer_hash(tokenizer_json):
+        return ("it was trained with another tokenizer (same vocabulary size or not, its ids mean other tokens: "
+                f"tokenizer {tokenizer_hash(saved_tokenizer)} vs the data's {tokenizer_hash(tokenizer_json)})")
+    return None
+
+
 def checkpoint_weights(checkpoint: dict) -> dict[str, torch.Tensor]:
     return {k[len(CKPT_STATE_PREFIX):]: v for k, v in checkpoint["state_dict"].items()
             if k.startswith(CKPT_STATE_PREFIX)}

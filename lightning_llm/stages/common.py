@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from lightning_llm.config import CONF_DIR
-from lightning_llm.errors import UserError
+from lightning_llm.errors import NothingToDo, UserError
 
 log = logging.getLogger("lightning_llm")
 
@@ -38,6 +38,10 @@ def stage(name: str):
         def main(cfg: DictConfig):
             try:
                 return fn(cfg)
+            except NothingToDo as done:
+                print(f"nothing to do: {done}")
+                discard_unused_run_dir()
+                return None
             except UserError as err:
                 message = str(err)
             except config_errors() as err:
@@ -54,10 +58,12 @@ def stage(name: str):
 
 def discard_unused_run_dir() -> None:
     """A refused run leaves no run dir behind, so outputs/ lists only runs that did something.
-    Only a dir holding nothing but Hydra's own files (.hydra/ and the job log) is removed."""
+    Only a dir holding nothing but Hydra's own files (.hydra/, the job log) and the CSV logger's
+    hparams.yaml (written before a refusal at fit start) is removed."""
     hydra_config = HydraConfig.get()
     run_dir = Path(hydra_config.runtime.output_dir)
-    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", f"{hydra_config.job.name}.log"}:
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", f"{hydra_config.job.name}.log",
+                                                                   "hparams.yaml"}:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 

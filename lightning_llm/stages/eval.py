@@ -6,8 +6,8 @@ from dataclasses import fields
 
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_llm.evaluation import EvalConfig, evaluate
 from lightning_llm.config import to_dataclass
+from lightning_llm.evaluation import EvalConfig, evaluate
 from lightning_llm.stages.common import stage
 
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_llm.config import to_dataclass
 from lightning_llm.data.tokenizer import decode_text, encode_prompt
 from lightning_llm.model.io import load_artifact, resolve_device
-from lightning_llm.config import to_dataclass
 from lightning_llm.stages.common import stage
 
 
@@ -22,6 +23,7 @@ class GenerateConfig:
     max_new_tokens: int
     temperature: float
     top_k: int | None
+    top_p: float
     num_samples: int
     seed: int
     device: str
@@ -29,8 +31,10 @@ class GenerateConfig:
     def __post_init__(self):
         if self.max_new_tokens < 1 or self.num_samples < 1 or (self.top_k is not None and self.top_k < 1):
             raise ValueError("max_new_tokens, num_samples and top_k must be at least 1")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be at least 0 (0 is greedy), got {self.temperature}")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise ValueError(f"temperature must be a finite number of at least 0 (0 is greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] (1 keeps every token), got {self.top_p}")
         self.device = resolve_device(self.device)
 
 
@@ -43,7 +47,7 @@ def main(cfg: DictConfig) -> list[str]:
     ids = encode_prompt(tokenizer, str(args.prompt))
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
     idx = torch.tensor([ids] * args.num_samples, device=args.device)
-    out = model.generate(idx, args.max_new_tokens, args.temperature, args.top_k, generator=generator)
+    out = model.generate(idx, args.max_new_tokens, args.temperature, args.top_k, generator=generator, top_p=args.top_p)
     texts = [decode_text(tokenizer, row.tolist()) for row in out]
     print(("\n" + "-" * 40 + "\n").join(texts))
     return texts

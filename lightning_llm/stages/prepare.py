@@ -6,14 +6,19 @@ import json
 
 from omegaconf import DictConfig
 
-from lightning_llm.data import DataConfig, PreparedData, TokenizerConfig, prepare
 from lightning_llm.config import to_dataclass
+from lightning_llm.data import DataConfig, PreparedData, SourceConfig, TokenizerConfig, prepare
 from lightning_llm.stages.common import log, stage
 
 
+def data_config(cfg: DictConfig) -> DataConfig:
+    for name, source in (cfg.data.get("mix") or {}).items():  # checked alone first, so an error names it
+        to_dataclass(SourceConfig, source, f"data.mix.{name}")
+    return to_dataclass(DataConfig, cfg.data, "data")
+
+
 def prepared_data(cfg: DictConfig) -> PreparedData:
-    return prepare(to_dataclass(DataConfig, cfg.data, "data"), to_dataclass(TokenizerConfig, cfg.tokenizer, "tokenizer"),
-                   cfg.paths.data_cache)
+    return prepare(data_config(cfg), to_dataclass(TokenizerConfig, cfg.tokenizer, "tokenizer"), cfg.paths.data_cache)
 
 
 @stage("prepare")

@@ -21,8 +21,18 @@ from lightning_llm.errors import UserError
 from lightning_llm.stages.common import log, stage
 from lightning_llm.stages.prepare import prepared_data
 from lightning_llm.stages.train import train
-from lightning_llm.sweep import (Objective, SweepSpec, default_storage, load_sweep, open_storage, open_study,
-                                 override, run_study, write_best, write_report)
+from lightning_llm.sweep import (
+    Objective,
+    SweepSpec,
+    default_storage,
+    load_sweep,
+    open_storage,
+    open_study,
+    override,
+    run_study,
+    write_best,
+    write_report,
+)
 from lightning_llm.sweep.space import COMMAND_LINE_KEYS
 from lightning_llm.sweep.study import shown_url
 

@@ -4,12 +4,10 @@ become Hydra overrides, Hydra's compose API builds the config, and `train` fits 
 from __future__ import annotations
 
 import math
-import os
 import re
 import shlex
-import socket
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -19,7 +17,7 @@ from optuna.trial import TrialState
 from optuna_integration import PyTorchLightningPruningCallback
 
 from lightning_llm.sweep.space import SweepSpec
-from lightning_llm.sweep.study import RETRY, is_surplus
+from lightning_llm.sweep.study import RETRY, is_surplus, record_worker
 
 
 def override(key: str, value: Any) -> str:
@@ -83,7 +81,7 @@ class Objective:
         # A requeued copy inherits its original's attributes: each is set afresh.
         trial.set_user_attr("fail_reason", None)
         trial.set_user_attr("run_dir", str(run_dir))
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        record_worker(trial)
         trial.set_user_attr("overrides", overrides)
         trial.set_user_attr("command", command(overrides + [override("hydra.run.dir", str(run_dir))]))
         try:

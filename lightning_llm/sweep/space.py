@@ -12,8 +12,8 @@ from typing import Any
 import optuna
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_llm.errors import UserError
 from lightning_llm.config import SWEEPS_DIR, to_dataclass
+from lightning_llm.errors import UserError
 
 SAMPLERS = {"grid": optuna.samplers.GridSampler, "random": optuna.samplers.RandomSampler,
             "tpe": optuna.samplers.TPESampler, "cmaes": optuna.samplers.CmaEsSampler,

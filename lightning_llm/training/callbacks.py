@@ -6,9 +6,9 @@ import csv
 import time
 from pathlib import Path
 
+import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-import lightning.pytorch as pl
 from lightning.fabric.utilities.throughput import get_available_flops
 from lightning.pytorch.utilities import rank_zero_only
 from tokenizers import Tokenizer
@@ -151,15 +151,18 @@ class Samples(pl.Callback):
         tokenizer = Tokenizer.from_str(pl_module.tokenizer_json)
         model = pl_module.model
         was_training = model.training
+        model.eval()  # no dropout while sampling; restored below
         generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
         lines = [f"# Samples at step {step}", "",
                  f"temperature {self.temperature}, top-k {self.top_k}, {self.max_new_tokens} new tokens, seed {self.seed}", ""]
-        for prompt in self.prompts:
-            idx = torch.tensor([prompt_ids(tokenizer, prompt)], device=pl_module.device)
-            out = model.generate(idx, self.max_new_tokens, self.temperature, self.top_k, generator=generator)
-            text = decode_text(tokenizer, out[0].tolist())
-            lines += [f"## Prompt: {prompt!r}", "", "```text", text.strip("\n"), "```", ""]
-        model.train(was_training)
+        try:
+            for prompt in self.prompts:
+                idx = torch.tensor([prompt_ids(tokenizer, prompt)], device=pl_module.device)
+                out = model.generate(idx, self.max_new_tokens, self.temperature, self.top_k, generator=generator)
+                text = decode_text(tokenizer, out[0].tolist())
+                lines += [f"## Prompt: {prompt!r}", "", "```text", text.strip("\n"), "```", ""]
+        finally:
+            model.train(was_training)
         self.written_at = step
         if trainer.is_global_zero:
             write_text(self.path, "\n".join(lines))

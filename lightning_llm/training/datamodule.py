@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import lightning.pytorch as pl
 import numpy as np
 import torch
-import lightning.pytorch as pl
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from lightning_llm.data import PreparedData
@@ -49,7 +49,7 @@ class FixedWindows(Dataset):
 
 
 class TokenDataModule(pl.LightningDataModule):
-    def __init__(self, data: PreparedData, block_size: int, batch_size: int, seed: int,
+    def __init__(self, data: PreparedData, *, block_size: int, batch_size: int, seed: int,
                  val_windows: int = 256, eval_batch_size: int | None = None):
         super().__init__()
         self.data, self.block_size, self.batch_size, self.seed = data, block_size, batch_size, seed

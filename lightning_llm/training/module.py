@@ -12,7 +12,7 @@ from torchmetrics import MeanMetric
 
 from lightning_llm.errors import UserError
 from lightning_llm.model import GPT, GPTConfig
-from lightning_llm.model.io import add_checkpoint_tokenizer, checkpoint_model_config
+from lightning_llm.model.io import add_checkpoint_tokenizer, checkpoint_mismatch
 from lightning_llm.training.optim import param_groups
 from lightning_llm.training.parallel import shard
 
@@ -22,7 +22,7 @@ class NonFiniteLoss(UserError):
 
 
 class LanguageModel(pl.LightningModule):
-    def __init__(self, model_config: dict, tokenizer_json: str, optimizer: Callable | None = None,
+    def __init__(self, model_config: dict, tokenizer_json: str, *, optimizer: Callable | None = None,
                  scheduler: Callable | None = None, bytes_per_token: float = 1.0):
         """optimizer(param_groups) and scheduler(optimizer) come from config as partials.
         The tokenizer travels inside every checkpoint, so a .ckpt alone can generate."""
@@ -38,11 +38,11 @@ class LanguageModel(pl.LightningModule):
         add_checkpoint_tokenizer(checkpoint, self.tokenizer_json)
 
     def on_load_checkpoint(self, checkpoint):
-        """Refuse, before any weight is copied, a checkpoint of another model shape, naming what differs."""
-        saved, current = checkpoint_model_config(checkpoint), self.hparams.model_config
-        differ = [f"{k}: checkpoint {saved.get(k)!r} vs config {v!r}" for k, v in current.items() if saved.get(k) != v]
-        if differ:
-            raise UserError(f"the checkpoint was trained with another model config ({', '.join(differ)})")
+        """Refuse, before any weight is copied, a checkpoint of another model shape or tokenizer."""
+        reason = checkpoint_mismatch(checkpoint, model_config=self.hparams.model_config,
+                                     tokenizer_json=self.tokenizer_json)
+        if reason:
+            raise UserError(f"the checkpoint cannot be resumed: {reason}")
 
     def configure_model(self):
         if self.device_mesh is not None:  # set by the FSDP strategy (trainer=fsdp), None otherwise

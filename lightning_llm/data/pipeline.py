@@ -1,20 +1,21 @@
 """From sources to token shards: read -> clean -> dedup -> split -> tokenizer -> shards -> report.
 
 The result is a folder `<cache_root>/<name>-<hash>/` holding `tokenizer.json`,
-`{train,val,test}.bin` (flat token ids, numpy memmaps; each document followed by one
-`<|endoftext|>`), `documents.jsonl` (each document's split, metadata and token span
-[start, end) in its split's shard, separator excluded), `meta.json`, `report.json`, and
-the data card `report.md` with `lengths.png`.
+`{train,val,test}.bin` and `documents.jsonl` (see shards.py), `meta.json`, `report.json`,
+and the data card `report.md` with `lengths.png`.
 
 Memory stays bounded by a buffer, not by the corpus: documents stream from the sources
-through worker processes (cleaning, hashing, MinHash), and the kept texts go to a spool
-file in the build folder. What stays in memory per document is small: its id, metadata,
-MinHash signature and a capped sample of n-gram hashes. The spool is then read twice:
-once to train the tokenizer on the train split, once to write the shards.
+(none longer than data.max_document_chars) through worker processes (cleaning, hashing,
+MinHash), and the kept texts go to a spool file in the build folder (corpus.py). What stays
+in memory per document is small: its id, metadata, MinHash signature and a capped sample of
+n-gram hashes. The spool is then read twice: once to train the tokenizer on the train split,
+once to write the shards. Each step returns its results and its part of the report;
+`build` runs them in order and writes the report.
 
 The hash covers the data and tokenizer config and a fingerprint of the sources, so the
 same config reuses the folder and any change rebuilds it. The folder is built under a
-temporary name and renamed when complete: an interrupted run leaves nothing to reuse.
+temporary name that carries the host and process id, and renamed when complete: an
+interrupted run leaves nothing to reuse, and the next run removes what a dead one left.
 """
 
 from __future__ import annotations
@@ -23,17 +24,15 @@ import hashlib
 import itertools
 import json
 import logging
-import multiprocessing
 import os
 import re
+import secrets
 import shutil
+import socket
 import sys
-import tempfile
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,68 +40,23 @@ from tqdm import tqdm
 
 from lightning_llm.artifacts import write_json
 from lightning_llm.data import clean, ngrams
-from lightning_llm.data.clean import CleanConfig
-from lightning_llm.data.dedup import DedupConfig, NearDuplicates, Signer, components, exact_key, labels_to_groups
+from lightning_llm.data.config import DataConfig
+from lightning_llm.data.corpus import Clock, Corpus, in_batches, worker_pool
+from lightning_llm.data.dedup import NearDuplicates, Signer, components, exact_key, labels_to_groups
 from lightning_llm.data.documents import Document
-from lightning_llm.data.leakage import LeakageConfig, NgramSample
+from lightning_llm.data.leakage import NgramSample
+from lightning_llm.data.prepared import PreparedData
 from lightning_llm.data.report import write_report
-from lightning_llm.data.sources import SourceConfig, Skipped, fingerprint, input_bytes, read_source
-from lightning_llm.data.split import MISSING, SPLITS, SplitConfig, assign_splits, copies, split_of_documents
-from lightning_llm.data.tokenizer import EOT, UNK, ShardEncoder, TokenizerConfig, train_tokenizer
+from lightning_llm.data.shards import write_shards
+from lightning_llm.data.sources import Skipped, fingerprint, input_bytes, read_source
+from lightning_llm.data.split import MISSING, SPLITS, SplitConfig, assign_splits, split_of_documents
+from lightning_llm.data.tokenizer import TokenizerConfig, train_tokenizer
 from lightning_llm.errors import UserError
 
 log = logging.getLogger(__name__)
 PIPELINE_VERSION = 4  # bump when a step's output changes for the same config
 _BATCH_BYTES = 1 << 19  # documents per worker task, by size
-_ENCODE_BYTES = 1 << 22  # text per tokenizer batch
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-
-
-@dataclass
-class DataConfig(SourceConfig):
-    """A corpus: its primary source's keys (see SourceConfig), more sources under `mix`, and the
-    steps' settings."""
-
-    name: str = "shakespeare"  # names the prepared folder and the primary source
-    mix: dict[str, SourceConfig] = field(default_factory=dict)  # more sources: name -> source
-    clean: CleanConfig = field(default_factory=CleanConfig)
-    dedup: DedupConfig = field(default_factory=DedupConfig)
-    split: SplitConfig = field(default_factory=SplitConfig)
-    leakage: LeakageConfig = field(default_factory=LeakageConfig)
-    workers: int = 0  # processes for cleaning and hashing (0: one per core); not part of the cache key
-
-    def __post_init__(self):
-        super().__post_init__()
-        for name in (self.name, *self.mix):
-            if not _NAME.fullmatch(name):
-                raise ValueError(f"data: name {name!r} must be letters, digits, '_', '.' or '-' "
-                                 "(it names a folder or a source)")
-        if self.name in self.mix:
-            raise ValueError(f"data.mix.{self.name} has the name of the primary source: rename it")
-        if self.workers < 0:
-            raise ValueError(f"data.workers must be 0 (one per core) or more, got {self.workers}")
-
-    def sources(self) -> dict[str, SourceConfig]:
-        primary = SourceConfig(**{f.name: getattr(self, f.name) for f in fields(SourceConfig)})
-        return {self.name: primary, **self.mix}
-
-
-@dataclass
-class PreparedData:
-    """A finished prepared-data folder: what training and evaluation read."""
-
-    dir: Path
-
-    @property
-    def meta(self) -> dict:
-        return json.loads((self.dir / "meta.json").read_text())
-
-    @property
-    def tokenizer_path(self) -> Path:
-        return self.dir / "tokenizer.json"
-
-    def tokens(self, split: str) -> np.memmap:
-        return np.memmap(self.dir / f"{split}.bin", dtype=self.meta["dtype"], mode="r")
+_BUILDING = re.compile(r"\..+\.build-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8}")  # a build folder's name
 
 
 def cache_key(data: DataConfig, tokenizer: TokenizerConfig) -> str:
@@ -121,8 +75,11 @@ def prepare(data: DataConfig, tokenizer: TokenizerConfig, cache_root: str | Path
         log.info("prepared data: reusing %s", target)
         return PreparedData(target)
     cache_root.mkdir(parents=True, exist_ok=True)
+    remove_dead_builds(cache_root)
     log.info("prepared data: building %s", target)
-    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=cache_root))
+    # os.mkdir, unlike tempfile.mkdtemp (0700), gives the folder the user's umask, which the rename keeps.
+    work = cache_root / f".{target.name}.build-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+    work.mkdir()
     try:
         build(data, tokenizer, work)
         try:
@@ -134,6 +91,27 @@ def prepare(data: DataConfig, tokenizer: TokenizerConfig, cache_root: str | Path
         shutil.rmtree(work, ignore_errors=True)
     log.info("prepared data: wrote %s (data card: report.md)", target)
     return PreparedData(target)
+
+
+def remove_dead_builds(cache_root: Path) -> None:
+    """Remove the build folders whose process is gone (killed, or its machine restarted): only
+    those of this host, and never one whose process still runs."""
+    host = socket.gethostname()
+    for path in cache_root.iterdir():
+        found = _BUILDING.fullmatch(path.name)
+        if found and found["host"] == host and not process_alive(int(found["pid"])):
+            shutil.rmtree(path, ignore_errors=True)
+            log.info("prepared data: removed %s, left by process %s, which is gone", path.name, found["pid"])
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 # ---------------------------------------------------------------- step 1: read, clean, dedup
@@ -191,95 +169,6 @@ class DocumentProcessor:
         return out
 
 
-class Clock:
-    """Seconds per named step."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-        self.last = time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.seconds[name] = self.seconds.get(name, 0.0) + now - self.last
-        self.last = now
-
-    def add(self, seconds: dict[str, float]) -> None:
-        for name, value in seconds.items():
-            self.seconds[name] = self.seconds.get(name, 0.0) + value
-
-
-class Corpus:
-    """The kept documents: their texts in a spool file, their records in memory."""
-
-    def __init__(self, path: Path):
-        self.path, self.file = path, open(path, "wb")
-        self.docs: list[Document] = []  # text-less: the text lives in the spool
-        self.spans: list[tuple[int, int]] = []  # (offset, bytes) in the spool
-        self.chars: list[int] = []
-        self.size = 0
-
-    def add(self, doc: Document) -> int:
-        data = doc.text.encode("utf-8")
-        self.file.write(data)
-        self.docs.append(replace(doc, text=""))  # the text lives in the spool
-        self.spans.append((self.size, len(data)))
-        self.chars.append(len(doc.text))
-        self.size += len(data)
-        return len(self.docs) - 1
-
-    def done_adding(self) -> None:
-        """From now on texts are read back (with plain reads, not a memory map, whose
-        pages would count as this process's memory)."""
-        self.file.close()
-        self.file = open(self.path, "rb")
-
-    def keep(self, indices: list[int]) -> None:
-        """Keep only these documents (their text stays in the spool, unread)."""
-        self.docs = [self.docs[i] for i in indices]
-        self.spans = [self.spans[i] for i in indices]
-        self.chars = [self.chars[i] for i in indices]
-
-    def text(self, i: int) -> str:
-        offset, size = self.spans[i]
-        return os.pread(self.file.fileno(), size, offset).decode("utf-8")
-
-    def texts(self, indices: Iterable[int]) -> Iterator[str]:
-        return (self.text(i) for i in indices)
-
-
-def in_batches(items: Iterable, size_of: Callable, max_bytes: int) -> Iterator[list]:
-    batch, size = [], 0
-    for item in items:
-        batch.append(item)
-        size += size_of(item)
-        if size >= max_bytes:
-            yield batch
-            batch, size = [], 0
-    if batch:
-        yield batch
-
-
-@contextmanager
-def worker_pool(workers: int) -> Iterator[Callable]:
-    """`run(fn, items)`: fn over items in order, on `workers` processes, with a bounded number
-    of items in flight (Pool.imap would read the whole input ahead)."""
-    workers = workers or os.cpu_count() or 1
-    if workers == 1:
-        yield map
-        return
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    with multiprocessing.get_context(method).Pool(workers) as pool:
-        def run(fn, items):
-            pending: deque = deque()
-            for item in items:
-                pending.append(pool.apply_async(fn, (item,)))
-                if len(pending) >= 2 * workers:
-                    yield pending.popleft().get()
-            while pending:
-                yield pending.popleft().get()
-        yield run
-
-
 def unique_ids(docs: Iterable[Document], prefix: bool, renamed: list[str]) -> Iterator[Document]:
     """Ids must be unique in documents.jsonl: prefix them with the source in a mixture, and give
     a repeated id a `#2`, `#3` suffix (listed in `renamed`)."""
@@ -297,13 +186,14 @@ def unique_ids(docs: Iterable[Document], prefix: bool, renamed: list[str]) -> It
         yield doc
 
 
-def read_clean_dedup(data: DataConfig, spool: Path, report: dict, clock: Clock):
+def read_clean_dedup(data: DataConfig, spool: Path, clock: Clock
+                     ) -> tuple[Corpus, NearDuplicates | None, NgramSample | None, dict, dict]:
     """Step 1, streaming: every document is read, cleaned, filtered, hashed, and dropped if its
     text was seen before; the kept ones go to the spool. Returns the corpus, the near-duplicate
-    signatures and the n-gram sample."""
+    signatures, the n-gram sample, and the report's `read` and `clean` sections."""
     sources = data.sources()
     skipped, renamed = Skipped(), []
-    docs = unique_ids(itertools.chain.from_iterable(read_source(name, source, skipped)
+    docs = unique_ids(itertools.chain.from_iterable(read_source(name, source, skipped, data.max_document_chars)
                                                     for name, source in sources.items()),
                       prefix=len(sources) > 1, renamed=renamed)
     sizes = [input_bytes(source) for source in sources.values()]
@@ -311,6 +201,7 @@ def read_clean_dedup(data: DataConfig, spool: Path, report: dict, clock: Clock):
     near = NearDuplicates(data.dedup.near) if data.dedup.near.enabled else None
     sample = NgramSample(data.leakage.max_hashes) if data.leakage.enabled else None
     read = {name: {"documents": 0, "bytes": 0} for name in sources}
+    long_documents = {"max_document_chars": data.max_document_chars, "documents": 0, "pieces": 0, "examples": []}
     changed = {name: {"documents": 0, "chars_removed": 0} for name in clean.TRANSFORMS if getattr(data.clean, name)}
     dropped: dict[str, dict] = {}  # reason -> count and the first examples
 
@@ -331,6 +222,12 @@ def read_clean_dedup(data: DataConfig, spool: Path, report: dict, clock: Clock):
                 read[doc.source]["documents"] += 1
                 read[doc.source]["bytes"] += out.raw_bytes
                 bar.update(out.raw_bytes)
+                if doc.part:
+                    long_documents["pieces"] += 1
+                    if doc.part == 1:
+                        long_documents["documents"] += 1
+                        if len(long_documents["examples"]) < 20:
+                            long_documents["examples"].append(doc.origin)
                 for name, removed in out.changes.items():
                     changed[name]["documents"] += 1
                     changed[name]["chars_removed"] += removed
@@ -352,25 +249,31 @@ def read_clean_dedup(data: DataConfig, spool: Path, report: dict, clock: Clock):
     skipped.warn()
     if renamed:
         log.warning("renamed %d repeated document id(s) with a #n suffix: %s", len(renamed), ", ".join(renamed[:3]))
+    if long_documents["documents"]:
+        log.warning("cut %d document(s) longer than data.max_document_chars=%d into %d pieces: %s",
+                    long_documents["documents"], data.max_document_chars, long_documents["pieces"],
+                    ", ".join(long_documents["examples"][:3]))
     for reason, entry in dropped.items():
         log.info("dropped %d document(s): %s", entry["count"], reason)
-    report["read"] = {"sources": read, "skipped": skipped.summary(), "renamed_ids": renamed[:20]}
-    report["clean"] = {"changed": changed, "dropped": dropped, "kept": len(corpus.docs)}
     if not corpus.docs:
         reasons = [f"{v['count']} {k}" for k, v in skipped.summary().items()] + \
                   [f"{v['count']} dropped by {k}" for k, v in dropped.items()]
         raise UserError(f"no usable documents in data '{data.name}'"
                         + (f" ({', '.join(reasons)})" if reasons else " (the sources are empty)")
                         + ": check data paths/fields and the data.clean filters")
-    return corpus, near, sample
+    read_section = {"sources": read, "skipped": skipped.summary(), "renamed_ids": renamed[:20],
+                    "long_documents": long_documents}
+    return corpus, near, sample, read_section, {"changed": changed, "dropped": dropped, "kept": len(corpus.docs)}
 
 
 # ---------------------------------------------------------------- step 2: near-duplicates, split, leakage
 
 
-def near_duplicate_clusters(corpus: Corpus, sample: NgramSample | None, near: NearDuplicates, report: dict):
-    """Find the clusters; with `action: drop`, keep each cluster's first document only.
-    Returns the pairs that must share a split and the clusters as lists of ids."""
+def near_duplicate_clusters(corpus: Corpus, sample: NgramSample | None, near: NearDuplicates
+                            ) -> tuple[list[tuple[int, int]], list[dict], dict, dict | None]:
+    """Find the clusters; with `action: drop`, keep each cluster's first document only. Returns
+    the pairs that must share a split, the clusters (their ids), the report's `near_duplicates`
+    section, and with `action: drop` the dropped documents' entry."""
     pairs = near.pairs()
     clusters = [members for members in labels_to_groups(components(len(corpus.docs), [(a, b) for a, b, _ in pairs]))
                 if len(members) > 1]
@@ -379,27 +282,25 @@ def near_duplicate_clusters(corpus: Corpus, sample: NgramSample | None, near: Ne
         best[a], best[b] = max(best.get(a, 0), similarity), max(best.get(b, 0), similarity)
     clusters.sort(key=lambda c: (-len(c), -sum(corpus.chars[i] for i in c), c[0]))
     listed = [{"documents": [corpus.docs[i].id for i in c], "max_jaccard": max(best[i] for i in c)} for c in clusters]
-    report["near_duplicates"] = {"config": asdict(near.config), "clusters": len(clusters),
-                                 "documents_in_clusters": sum(len(c) for c in clusters), "largest": listed[:50]}
+    section = {"config": asdict(near.config), "clusters": len(clusters),
+               "documents_in_clusters": sum(len(c) for c in clusters), "largest": listed[:50]}
     log.info("near-duplicates: %d cluster(s) of %d documents (threshold %.2f, %s %d-grams)", len(clusters),
-             report["near_duplicates"]["documents_in_clusters"], near.config.threshold, near.config.unit,
-             near.config.ngram)
+             section["documents_in_clusters"], near.config.threshold, near.config.unit, near.config.ngram)
     if near.config.action == "group" or not clusters:
-        return [(a, b) for a, b, _ in pairs], listed
+        return [(a, b) for a, b, _ in pairs], listed, section, None
     extra = {i: c[0] for c in clusters for i in c[1:]}
     dropped = [{"id": corpus.docs[i].id, "of": corpus.docs[first].id, "jaccard": best[i]} for i, first in extra.items()]
-    report["clean"]["dropped"]["near_duplicate"] = {"count": len(dropped), "examples": dropped[:20]}
     kept = [i for i in range(len(corpus.docs)) if i not in extra]
     corpus.keep(kept)
     if sample:
         sample.keep(kept)
-    report["clean"]["kept"] = len(kept)
     log.info("dropped %d near-duplicate document(s), kept the first of each cluster", len(dropped))
-    return [], listed
+    return [], listed, section, {"count": len(dropped), "examples": dropped[:20]}
 
 
-def split_corpus(corpus: Corpus, pairs: list[tuple[int, int]], config: SplitConfig, report: dict):
-    """The split of each kept document, and each document's stratum."""
+def split_corpus(corpus: Corpus, pairs: list[tuple[int, int]], config: SplitConfig
+                 ) -> tuple[list[str], list[str | None], dict]:
+    """The split of each kept document, each document's stratum, and the report's `split` section."""
     for key in (config.group_by, config.stratify_by):
         if key and key not in ("id", "source") and not any(key in d.meta for d in corpus.docs):
             known = sorted({k for d in corpus.docs[:1000] for k in d.meta})
@@ -422,11 +323,10 @@ def split_corpus(corpus: Corpus, pairs: list[tuple[int, int]], config: SplitConf
                 by[stratum] = by.get(stratum, 0) + corpus.chars[i]
             info["chars_by_stratum"] = dict(sorted(by.items()))
         summary[name] = info
-    report["split"] = {"group_by": config.group_by, "stratify_by": config.stratify_by,
-                       "groups": len(set(groups.tolist())), "splits": summary}
     for name, info in summary.items():
         log.info("split %-5s %6s documents %12s chars", name, f"{info['documents']:,}", f"{info['chars']:,}")
-    return split_of, strata
+    return split_of, strata, {"group_by": config.group_by, "stratify_by": config.stratify_by,
+                              "groups": len(set(groups.tolist())), "splits": summary}
 
 
 def leakage_report(sample: NgramSample, corpus: Corpus, split_of: list[str], strata: list, data: DataConfig) -> dict:
@@ -441,70 +341,17 @@ def leakage_report(sample: NgramSample, corpus: Corpus, split_of: list[str], str
     return out
 
 
-# ---------------------------------------------------------------- step 3: tokenizer and shards
-
-
-def write_shards(corpus: Corpus, split_of: list[str], weights: dict[str, float], seed: int, tokenizer,
-                 out: Path, clock: Clock) -> tuple[dict, dict]:
-    """Encode every kept document once and append it (train: as many times as its source's weight
-    says) to its split's shard, with one EOT after it. Returns meta's splits and tokenizer stats."""
-    vocab_size = tokenizer.get_vocab_size()
-    dtype = np.dtype(np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32)
-    eot, unk = tokenizer.token_to_id(EOT), tokenizer.token_to_id(UNK)
-    encoder, separator = ShardEncoder(tokenizer), np.array([eot])
-    stats = {s: {"tokens": 0, "bytes": 0, "documents": 0, "left_out_by_weight": 0,
-                 "counts": np.zeros(vocab_size, dtype=np.int64)} for s in SPLITS}
-    shards = {s: open(out / f"{s}.bin", "wb") for s in SPLITS}
-    bar = tqdm(total=corpus.size, unit="B", unit_scale=True, desc="tokenize", disable=None, file=sys.stderr)
-    with open(out / "documents.jsonl", "w") as index:
-        for batch in in_batches(range(len(corpus.docs)), lambda i: corpus.spans[i][1], _ENCODE_BYTES):
-            started = time.perf_counter()
-            encoded = encoder.encode(list(corpus.texts(batch)))
-            clock.add({"encode": time.perf_counter() - started})
-            rows: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}  # this batch's ids, EOT after each
-            for i, ids in zip(batch, encoded):
-                doc, split, n_bytes = corpus.docs[i], split_of[i], corpus.spans[i][1]
-                info = stats[split]
-                times = copies(doc.id, weights[doc.source], seed) if split == "train" else 1
-                info["left_out_by_weight"] += times == 0
-                for _ in range(times):
-                    rows[split] += [ids, separator]
-                    index.write(json.dumps({"id": doc.id, "source": doc.source, "split": split, "meta": doc.meta,
-                                            "start": info["tokens"], "end": info["tokens"] + len(ids),
-                                            "origin": doc.origin}) + "\n")
-                    info["tokens"] += len(ids) + 1
-                    info["bytes"] += n_bytes
-                    info["documents"] += 1
-            for split, parts in rows.items():
-                if parts:
-                    flat = np.concatenate(parts).astype(dtype)
-                    flat.tofile(shards[split])
-                    stats[split]["counts"] += np.bincount(flat, minlength=vocab_size)
-            bar.update(sum(corpus.spans[i][1] for i in batch))
-    bar.close()
-    for f in shards.values():
-        f.close()
-    meta_splits, token_stats = {}, {}
-    for split, info in stats.items():
-        unknown = int(info["counts"][unk]) if unk is not None else 0  # the shard's own count, copies included
-        meta_splits[split] = {"tokens": info["tokens"], "bytes": info["bytes"], "documents": info["documents"],
-                              "bytes_per_token": round(info["bytes"] / max(info["tokens"], 1), 4)}
-        token_stats[split] = {**meta_splits[split], "unknown_rate": round(unknown / max(info["tokens"], 1), 6),
-                              "vocab_used": round(float((info["counts"] > 0).mean()), 4),
-                              "left_out_by_weight": info["left_out_by_weight"]}
-    return meta_splits, {"dtype": dtype.name, "eot_id": eot, "splits": token_stats}
-
-
 # ---------------------------------------------------------------- the whole build
 
 
 def build(data: DataConfig, tok_config: TokenizerConfig, out: Path) -> None:
+    """Every step in order into the folder `out`; the report is assembled from what each returns."""
     started = time.perf_counter()
     report: dict = {"name": data.name, "config": {"data": asdict(data), "tokenizer": asdict(tok_config)},
                     "pipeline_version": PIPELINE_VERSION}
     clock, wall = Clock(), {}
 
-    corpus, near, sample = read_clean_dedup(data, out / "texts.spool", report, clock)
+    corpus, near, sample, report["read"], report["clean"] = read_clean_dedup(data, out / "texts.spool", clock)
     wall["read_clean_dedup"] = time.perf_counter() - started
     raw_bytes = sum(s["bytes"] for s in report["read"]["sources"].values())
     n_read = sum(s["documents"] for s in report["read"]["sources"].values())
@@ -512,11 +359,16 @@ def build(data: DataConfig, tok_config: TokenizerConfig, out: Path) -> None:
              wall["read_clean_dedup"])
 
     t = time.perf_counter()
-    pairs, clusters = near_duplicate_clusters(corpus, sample, near, report) if near else ([], [])
+    pairs, clusters = [], []
+    if near:
+        pairs, clusters, report["near_duplicates"], dropped = near_duplicate_clusters(corpus, sample, near)
+        if dropped:
+            report["clean"]["dropped"]["near_duplicate"] = dropped
+            report["clean"]["kept"] = len(corpus.docs)
     wall["near_dedup_index"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    split_of, strata = split_corpus(corpus, pairs, data.split, report)
+    split_of, strata, report["split"] = split_corpus(corpus, pairs, data.split)
     if near:
         split_by_id = {d.id: split for d, split in zip(corpus.docs, split_of)}
         for cluster in clusters:
@@ -538,8 +390,7 @@ def build(data: DataConfig, tok_config: TokenizerConfig, out: Path) -> None:
     weights = {name: source.weight for name, source in data.sources().items()}
     meta_splits, token_report = write_shards(corpus, split_of, weights, data.split.seed, tokenizer, out, clock)
     wall["write_shards"] = time.perf_counter() - t
-    corpus.file.close()
-    corpus.path.unlink()
+    corpus.remove()
 
     specials = {token: tokenizer.token_to_id(token) for token in tok_config.special_tokens()}
     report["tokenizer"] = {"kind": tok_config.kind, "vocab_size": tokenizer.get_vocab_size(),

@@ -1,0 +1,267 @@
+"""Serving throughput and latency: `llm serve` under 1, 8 and 32 concurrent streaming clients,
+with batching on and off, against in-process generation; and the response cache.
+
+    .venv/bin/python bench/serve.py [--ckpt MODEL] [--requests-per-client 4] [--max-tokens 56]
+
+A bounded load generator: every client sends --requests-per-client streamed completions one
+after another (prompt "ROMEO:", temperature 0.8, top_k 50, no seed: never from the cache),
+against a server it starts itself on 127.0.0.1 (a free port) and stops; a phase also ends
+after --phase-timeout seconds. Reported per phase: aggregate generated tokens/s (all tokens
+over the phase's wall clock, counted by the server's `usage`), time to first token and
+request latency p50/p95/p99, errors. Baseline: the in-process path of `llm generate`
+(model.generate, batch 1, the same sampling) against one streamed request, run alternately
+--repeats times (the machine is shared: a ratio of medians from interleaved runs). Cache: one
+deterministic request, then --cache-hits more of it; latency p50/p95/p99 of the hits.
+
+Without --ckpt the model is the default shape (conf/model/gpt-micro.yaml) with random weights
+and the default tokenizer (`llm prepare`'s, reused from outputs/data): speed does not depend
+on the weights. A random model ends a completion at <|endoftext|> now and then, so the
+completions are shorter than --max-tokens; the token counts are the real ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import torch
+
+HOST = "127.0.0.1"  # the only address this load generator ever targets
+PROMPT = "ROMEO:"
+
+
+def default_model(folder: Path) -> Path:
+    """gpt-micro with random weights and the default experiment's tokenizer."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from lightning_llm.config import CONF_DIR
+    from lightning_llm.model.gpt import GPT, GPTConfig
+    from lightning_llm.model.io import new_manifest, save_artifact
+    from lightning_llm.stages.prepare import prepared_data
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3", job_name="bench"):
+        cfg = compose(config_name="train")
+    tokenizer_json = prepared_data(cfg).tokenizer_path.read_text()
+    from tokenizers import Tokenizer
+
+    shape = OmegaConf.to_container(cfg.model, resolve=True)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=Tokenizer.from_str(tokenizer_json).get_vocab_size(), **shape))
+    return save_artifact(model, tokenizer_json, folder / "gpt-micro-random",
+                         manifest=new_manifest(produced_by="bench/serve.py (random weights)",
+                                               tokenizer_json=tokenizer_json))
+
+
+class InProcess:
+    """`llm generate`'s path in this process: model.generate at batch 1, the same sampling."""
+
+    def __init__(self, model_dir: Path):
+        from lightning_llm.data.tokenizer import encode_prompt
+        from lightning_llm.model.io import load_artifact
+
+        self.artifact = load_artifact(model_dir)
+        self.idx = torch.tensor([encode_prompt(self.artifact.tokenizer, PROMPT)])
+        self.runs = 0
+
+    def tokens_per_s(self, max_tokens: int) -> float:
+        self.runs += 1
+        generator = torch.Generator().manual_seed(self.runs)
+        start = time.perf_counter()
+        self.artifact.model.generate(self.idx, max_tokens, 0.8, 50, generator=generator)
+        return max_tokens / (time.perf_counter() - start)
+
+
+def start_server(model_dir: Path, log: Path, *overrides: str) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, "-m", "lightning_llm.cli", "serve", f"ckpt={model_dir}",
+                             f"serve.host={HOST}", "serve.port=0", *overrides],
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        found = re.search(r"serving \S+ at (http://127\.0\.0\.1:\d+)/v1", log.read_text())
+        if found:
+            return proc, found.group(1)
+        if proc.poll() is not None:
+            raise SystemExit(f"llm serve exited:\n{log.read_text()}")
+        time.sleep(0.1)
+    proc.kill()
+    raise SystemExit(f"llm serve did not start:\n{log.read_text()}")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+async def one_request(client: httpx.AsyncClient, url: str, max_tokens: int) -> dict:
+    """One streamed completion. The client shares the machine's cores with the server, so it
+    parses only what it measures: the first event (time to first token), errors, the usage."""
+    body = {"prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0.8, "top_k": 50, "stream": True,
+            "stream_options": {"include_usage": True}}
+    start = time.perf_counter()
+    first, tokens = None, 0
+    async with client.stream("POST", url + "/v1/completions", json=body) as answer:
+        if answer.status_code != 200:
+            await answer.aread()
+            return {"error": answer.status_code}
+        async for line in answer.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            if first is None:
+                first = time.perf_counter() - start
+            if line.startswith('data: {"error"'):
+                return {"error": json.loads(line[6:])["error"]["code"]}
+            if '"usage":{' in line:
+                tokens = json.loads(line[6:])["usage"]["completion_tokens"]
+    return {"ttft": first, "latency": time.perf_counter() - start, "tokens": tokens}
+
+
+async def phase(url: str, *, clients: int, requests_per_client: int, max_tokens: int, timeout: float) -> dict:
+    """`clients` concurrent clients, each sending its requests one after another."""
+    results: list[dict] = []
+
+    async def client_loop(client: httpx.AsyncClient):
+        for _ in range(requests_per_client):
+            try:
+                results.append(await one_request(client, url, max_tokens))
+            except httpx.HTTPError as err:
+                results.append({"error": type(err).__name__})
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+        start = time.perf_counter()
+        try:
+            await asyncio.wait_for(asyncio.gather(*(client_loop(client) for _ in range(clients))), timeout)
+        except asyncio.TimeoutError:
+            pass
+        wall = time.perf_counter() - start
+    done = [r for r in results if "error" not in r]
+    return {"clients": clients, "requests": len(results), "errors": len(results) - len(done),
+            "tokens": sum(r["tokens"] for r in done), "wall": wall,
+            "tokens_per_s": sum(r["tokens"] for r in done) / wall,
+            "ttft": percentiles([r["ttft"] for r in done if r["ttft"] is not None]),
+            "latency": percentiles([r["latency"] for r in done])}
+
+
+async def single_stream(client: httpx.AsyncClient, url: str, max_tokens: int) -> float:
+    """Tokens/s of one streamed request, from sending it to its last byte."""
+    result = await one_request(client, url, max_tokens)
+    if "error" in result:
+        raise SystemExit(f"the server answered {result['error']}")
+    return result["tokens"] / result["latency"]
+
+
+async def interleaved(local: InProcess, url: str, max_tokens: int, repeats: int) -> list[tuple[float, float]]:
+    """(in-process, one streaming client) tokens/s, alternately: the machine is shared."""
+    async with httpx.AsyncClient(timeout=120) as client:
+        await single_stream(client, url, max_tokens)  # the connection is open and warm
+        return [(local.tokens_per_s(max_tokens), await single_stream(client, url, max_tokens))
+                for _ in range(repeats)]
+
+
+async def cache_hits(url: str, n: int) -> dict:
+    body = {"prompt": PROMPT, "max_tokens": 32, "temperature": 0}
+    async with httpx.AsyncClient() as client:
+        first = await client.post(url + "/v1/completions", json=body)
+        assert first.headers["x-cache"] == "miss", first.headers
+        times = []
+        for _ in range(n):
+            start = time.perf_counter()
+            answer = await client.post(url + "/v1/completions", json=body)
+            times.append(time.perf_counter() - start)
+            assert answer.headers["x-cache"] == "hit"
+    return percentiles(times)
+
+
+def percentiles(values: list[float]) -> dict:
+    if len(values) < 2:
+        return {"p50": values[0] if values else float("nan"), "p95": float("nan"), "p99": float("nan")}
+    cuts = statistics.quantiles(values, n=100, method="inclusive")
+    return {"p50": statistics.median(values), "p95": cuts[94], "p99": cuts[98]}
+
+
+def ms(seconds: float) -> str:
+    return f"{1000 * seconds:.1f}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ckpt", type=Path, help="a model folder or run dir (default: gpt-micro, random weights)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--requests-per-client", type=int, default=4)
+    parser.add_argument("--max-tokens", type=int, default=56, help="per request (the default model's context is 64)")
+    parser.add_argument("--phase-timeout", type=float, default=300.0, help="seconds; a phase stops by itself then")
+    parser.add_argument("--repeats", type=int, default=9, help="interleaved in-process and single-stream runs")
+    parser.add_argument("--cache-hits", type=int, default=200)
+    parser.add_argument("--max-batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, help="torch threads here and in the server (default: torch's)")
+    args = parser.parse_args()
+    threads = []
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        threads = [f"serve.threads={args.threads}"]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        model_dir = args.ckpt or default_model(tmp)
+        local = InProcess(model_dir)
+        local.tokens_per_s(args.max_tokens)  # warm-up
+        rows, hits, pairs = [], None, []
+        for batching in (True, False):
+            proc, url = start_server(model_dir, tmp / "serve.log", f"serve.batching={str(batching).lower()}",
+                                     f"serve.max_batch_size={args.max_batch_size}", "serve.max_queue=256",
+                                     f"serve.max_tokens={args.max_tokens}", *threads)
+            try:
+                asyncio.run(phase(url, clients=1, requests_per_client=2, max_tokens=args.max_tokens,
+                                  timeout=args.phase_timeout))  # warm the HTTP path
+                if batching:
+                    pairs = asyncio.run(interleaved(local, url, args.max_tokens, args.repeats))
+                for clients in args.concurrency:
+                    result = asyncio.run(phase(url, clients=clients, requests_per_client=args.requests_per_client,
+                                               max_tokens=args.max_tokens, timeout=args.phase_timeout))
+                    rows.append({"batching": batching, **result})
+                if batching:
+                    hits = asyncio.run(cache_hits(url, args.cache_hits))
+            finally:
+                stop_server(proc)
+
+    print(f"\nmodel: {args.ckpt or 'gpt-micro, random weights'}; {args.max_tokens} new tokens per request, "
+          f"prompt {PROMPT!r}, temperature 0.8, top_k 50; torch threads {torch.get_num_threads()}, "
+          f"{os.cpu_count()} CPUs\n")
+    baseline = statistics.median(p[0] for p in pairs)
+    streamed = statistics.median(p[1] for p in pairs)
+    print(f"one request of {args.max_tokens} tokens, {args.repeats} interleaved runs, medians: in-process "
+          f"`llm generate` path (model.generate, batch 1) {baseline:.0f} tokens/s; one streaming client "
+          f"{streamed:.0f} tokens/s; ratio {streamed / baseline:.2f} (per run: "
+          f"{', '.join(f'{b / a:.2f}' for a, b in pairs)})\n")
+    print("| batching | clients | requests | errors | tokens/s | vs 1 client | TTFT p50 / p95 / p99 ms "
+          "| latency p50 / p95 / p99 ms |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for row in rows:
+        single = next(r for r in rows if r["batching"] == row["batching"] and r["clients"] == args.concurrency[0])
+        t, lat = row["ttft"], row["latency"]
+        print(f"| {'on' if row['batching'] else 'off'} | {row['clients']} | {row['requests']} | {row['errors']} "
+              f"| {row['tokens_per_s']:.0f} | {row['tokens_per_s'] / single['tokens_per_s']:.2f}x "
+              f"| {ms(t['p50'])} / {ms(t['p95'])} / {ms(t['p99'])} "
+              f"| {ms(lat['p50'])} / {ms(lat['p95'])} / {ms(lat['p99'])} |")
+    if hits:
+        print(f"cache hits ({args.cache_hits}, non-streamed): p50 {ms(hits['p50'])} ms, p95 {ms(hits['p95'])} ms, "
+              f"p99 {ms(hits['p99'])} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -62,6 +62,8 @@ def discard_unused_run_dir() -> None:
     hparams.yaml (written before a refusal at fit start) is removed."""
     hydra_config = HydraConfig.get()
     run_dir = Path(hydra_config.runtime.output_dir)
+    if run_dir.resolve() == Path.cwd().resolve():  # stages whose run dir is `.` (they keep none): never the cwd
+        return
     if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", f"{hydra_config.job.name}.log",
                                                                    "hparams.yaml"}:
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -140,7 +140,7 @@ def test_resume_auto_continues_the_newest_run_of_the_experiment(tmp_path, cache_
     (outputs / "data").symlink_to(cache_root)  # reuse the session's prepared data
     base = ["train", *TINY, "experiment_name=auto_resume", "optim.scheduler.total_steps=40"]
     fresh = llm([*base, "resume=auto"], outputs)
-    assert "no earlier checkpoint" in fresh.stdout + fresh.stderr
+    assert "no checkpoint to continue" in fresh.stdout + fresh.stderr
     resumed = llm([*base, "resume=auto", "trainer.max_steps=40"], outputs)
     assert "resuming from" in resumed.stdout + resumed.stderr
     newest = max((outputs / "train" / "auto_resume").iterdir(), key=lambda p: p.stat().st_mtime)

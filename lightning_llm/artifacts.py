@@ -5,8 +5,13 @@ Plain Python, so the core may use it too."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -19,6 +24,51 @@ def write_text(path: Path, text: str) -> None:
 
 def write_json(path: Path, payload) -> None:
     write_text(path, json.dumps(payload, indent=2, default=str))
+
+
+@contextmanager
+def staged_folder(out: Path) -> Iterator[Path]:
+    """A temporary folder beside `out` (the user's umask, not mkdtemp's 0700) that replaces `out`
+    only if the block finishes: a crash or an error never leaves a half-written folder at `out`."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(staging, 0o777 & ~mask)
+        yield staging
+        previous = out.with_name(f".{out.name}.previous")
+        if out.exists():
+            shutil.rmtree(previous, ignore_errors=True)
+            os.rename(out, previous)
+        os.rename(staging, out)
+        shutil.rmtree(previous, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+class Busy(Exception):
+    """Another process holds the folder's lock; the message names its pid."""
+
+
+@contextmanager
+def exclusive(folder: Path) -> Iterator[None]:
+    """Hold `folder/.lock` for as long as the block runs, so that two processes never write one
+    folder's set of files at once (each file is atomic, but a set could mix two writers).
+    Fails at once with Busy rather than waiting; the lock goes with the process, even on kill -9."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise Busy(f"another process (pid {holder}) is writing {folder}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def markdown_table(header: list[str], rows: list[list], cell=str) -> str:

@@ -186,3 +186,31 @@ def test_compare_refuses_a_broken_metrics_file_in_one_line(content, tmp_path):
     (tmp_path / "run" / "eval" / "metrics.json").write_text(content)
     with pytest.raises(UserError, match=r"metrics.json (is empty, truncated or unreadable|does not hold a JSON)"):
         compare([str(tmp_path / "run")], tmp_path / "compare.md")
+
+
+# ---- concurrent writers and silent cuts ----------------------------------------------------
+
+def test_an_eval_of_a_run_that_another_eval_is_writing_is_refused_and_writes_nothing(experiment):
+    from lightning_llm.artifacts import exclusive
+
+    outputs, first = experiment
+    eval_dir = first / "eval"
+    run_json = (first / "run.json").read_text()
+    with exclusive(eval_dir):  # stands for an `llm eval` still writing this run's report
+        result = llm(["eval", f"ckpt={first}", "tasks=[lm]", "lm.max_tokens=256"], outputs, check=False)
+    line = one_error_line(result)
+    assert f"another process (pid {os.getpid()}) is writing {eval_dir}" in line and "out_dir=" in line
+    assert not (eval_dir / "metrics.json").exists() and (first / "run.json").read_text() == run_json
+    # the lock went with its holder: the next eval runs and records itself
+    llm(["eval", f"ckpt={first}", "tasks=[lm]", "lm.max_tokens=256"], outputs)
+    assert (eval_dir / "metrics.json").exists() and "eval" in json.loads((first / "run.json").read_text())
+
+
+def test_a_prompt_longer_than_the_context_is_said_in_one_line(experiment):
+    outputs, first = experiment
+    block_size = json.loads((first / "model" / "config.json").read_text())["block_size"]
+    result = llm(["generate", f"ckpt={first}", "prompt=" + "a" * (block_size + 40), "max_new_tokens=3"], outputs)
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and f"more than the model's context (block_size {block_size})" in notes[0], result.stderr
+    short = llm(["generate", f"ckpt={first}", "prompt=a", "max_new_tokens=3"], outputs)
+    assert "note:" not in short.stderr

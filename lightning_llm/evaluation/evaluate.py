@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from lightning_llm.artifacts import write_text
+from lightning_llm.artifacts import Busy, exclusive, write_text
 from lightning_llm.data.prepared import PreparedData
 from lightning_llm.errors import UserError
 from lightning_llm.evaluation import passages as P
@@ -194,4 +194,9 @@ class Evaluation:
 
 
 def evaluate(config: EvalConfig) -> dict:
-    return Evaluation(config).run()
+    evaluation = Evaluation(config)
+    try:
+        with exclusive(evaluation.out_dir):
+            return evaluation.run()
+    except Busy as busy:
+        raise UserError(f"{busy}: wait for that llm eval to finish, or pass out_dir=<another folder>") from None

@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,6 +28,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
+from lightning_llm.artifacts import staged_folder
 from lightning_llm.data.tokenizer import EOT, UNK, TokenizerConfig
 from lightning_llm.errors import UserError
 from lightning_llm.export.card import copy_data_card, model_card
@@ -409,26 +407,6 @@ def is_import(folder: Path) -> bool:
         return False
 
 
-@contextmanager
-def staged(out: Path) -> Iterator[Path]:
-    """A temporary folder beside `out` that replaces it only if the block finishes."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(staging, 0o777 & ~mask)
-        yield staging
-        previous = out.with_name(f".{out.name}.previous")
-        if out.exists():
-            shutil.rmtree(previous, ignore_errors=True)
-            os.rename(out, previous)
-        os.rename(staging, out)
-        shutil.rmtree(previous, ignore_errors=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
 def read_json(path: Path | None) -> dict | None:
     return json.loads(path.read_text()) if path is not None and path.is_file() else None
 
@@ -475,7 +453,7 @@ def _export_hf(transformers, *, ckpt: str | Path, out: Path, overwrite: bool) ->
     hf_model.generation_config = transformers.GenerationConfig(
         bos_token_id=ids["bos_token_id"], eos_token_id=stops, pad_token_id=ids["pad_token_id"])
 
-    with staged(out) as folder:
+    with staged_folder(out) as folder:
         hf_model.save_pretrained(folder)
         save_tokenizer(fast, folder)
         loaded = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, local_files_only=True)

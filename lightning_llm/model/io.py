@@ -18,9 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -30,6 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
+from lightning_llm.artifacts import staged_folder
 from lightning_llm.errors import UserError
 from lightning_llm.model.gpt import GPT, GPTConfig
 
@@ -214,29 +212,12 @@ def load_artifact(path: str | Path, *, device: str = "cpu") -> Artifact:
 def save_artifact(model: GPT, tokenizer_json: str, out_dir: str | Path, *, manifest: dict) -> Path:
     """Write the folder under a temporary name and swap it in, so a crash never leaves a half folder."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        os.chmod(staging, 0o777 & ~_umask())
-        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-        if model.config.tie_embeddings:
-            state.pop("lm_head.weight")  # safetensors stores each tensor once; it is tok_emb's
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if model.config.tie_embeddings:
+        state.pop("lm_head.weight")  # safetensors stores each tensor once; it is tok_emb's
+    with staged_folder(out_dir) as staging:
         save_file(state, staging / WEIGHTS, metadata={"format": FORMAT})
         (staging / CONFIG).write_text(json.dumps(model.config.to_dict(), indent=2))
         (staging / TOKENIZER).write_text(tokenizer_json)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
-        previous = out_dir.with_name(f".{out_dir.name}.previous")
-        if out_dir.exists():
-            shutil.rmtree(previous, ignore_errors=True)
-            os.rename(out_dir, previous)
-        os.rename(staging, out_dir)
-        shutil.rmtree(previous, ignore_errors=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out_dir
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

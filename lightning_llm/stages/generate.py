@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, fields
 
 import torch
@@ -45,6 +46,10 @@ def main(cfg: DictConfig) -> list[str]:
     artifact = load_artifact(args.ckpt, device=args.device)
     model, tokenizer = artifact.model, artifact.tokenizer
     ids = encode_prompt(tokenizer, str(args.prompt))
+    block_size = model.config.block_size
+    if len(ids) > block_size:
+        print(f"note: the prompt has {len(ids)} tokens, more than the model's context (block_size {block_size}): "
+              f"it continues from the last {block_size}", file=sys.stderr)
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
     idx = torch.tensor([ids] * args.num_samples, device=args.device)
     out = model.generate(idx, args.max_new_tokens, args.temperature, args.top_k, generator=generator, top_p=args.top_p)

@@ -38,6 +38,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/harness_overhead.py
 	$(BIN)/python bench/data_prep.py default
+	$(BIN)/python bench/serve.py --threads 1 --requests-per-client 2 --repeats 5 --cache-hits 50 --phase-timeout 60
 
 clean:
 	rm -rf $(VENV) outputs wandb

@@ -4,6 +4,10 @@
     .venv/bin/python bench/make_corpus.py /tmp/corpus_1g --gigabytes 1
     .venv/bin/python bench/data_prep.py jsonl /tmp/corpus_1g        # 1 GB: peak memory, MB/s per step
     .venv/bin/python bench/data_prep.py jaccard                     # why the default near-dup settings
+    .venv/bin/python bench/data_prep.py default --repeats 5 --against data.dedup.lines=false \
+        data.dedup.paragraphs=false data.split.containment=null     # A/B, interleaved: what a step costs
+    .venv/bin/python bench/data_prep.py template --files 2000       # the template corpus: leakage and time
+    .venv/bin/python bench/data_prep.py spans                       # the longest line repeated across texts
 
 `default` and `jsonl` print the wall time of the command, the pipeline's own seconds and MB/s
 of raw text per step (from report.json), and peak memory: the most the process tree held at
@@ -16,6 +20,7 @@ for several shingle choices.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import os
@@ -78,7 +83,8 @@ def run_prepare(args: list[str], cache: Path) -> dict:
         sys.exit(f"llm prepare failed:\n{stderr[-3000:]}")
     folder = Path(stdout.strip().splitlines()[-1])
     return {"wall": wall, "peak_tree_mb": peak[0], "report": json.loads((folder / "report.json").read_text()),
-            "log": stderr}
+            "log": stderr, "shards": {s: hashlib.sha256((folder / f"{s}.bin").read_bytes()).hexdigest()
+                                      for s in ("train", "val", "test")}}
 
 
 def largest_child_mb() -> float:
@@ -91,6 +97,12 @@ def describe(result: dict) -> None:
     print(f"\nraw text {raw_mb:.1f} MB; kept {report['clean']['kept']:,} documents; "
           f"dropped {({k: v['count'] for k, v in report['clean']['dropped'].items()})}; "
           f"skipped {({k: v['count'] for k, v in report['read']['skipped'].items()})}")
+    spans = report["clean"].get("repeated_lines")
+    if spans:
+        print(f"line/paragraph dedup: cut {spans['lines_removed']:,} lines and {spans['paragraphs_removed']:,} "
+              f"paragraphs ({spans['chars_removed']:,} characters) from {spans['documents_changed']:,} documents")
+    if "containment" in report:
+        print(f"containment: {report['containment']['pairs']:,} pairs, {report['containment']['groups']:,} groups")
     if "near_duplicates" in report:
         print(f"near-duplicate clusters: {report['near_duplicates']['clusters']:,} "
               f"({report['near_duplicates']['documents_in_clusters']:,} documents)")
@@ -108,6 +120,70 @@ def describe(result: dict) -> None:
         print(f"| {step} (CPU, per core) | {seconds:.2f} | {report['throughput_mb_s'].get(step, '')} |")
 
 
+def bench_against(repeats: int, against: list[str]) -> None:
+    """The built-in corpus with the defaults (A) and with `against` (B), runs interleaved A B A B..."""
+    runs: dict[str, list[dict]] = {"A": [], "B": []}
+    for _ in range(repeats):
+        for name, args in (("A", []), ("B", against)):
+            with tempfile.TemporaryDirectory() as tmp:
+                runs[name].append(run_prepare(args, Path(tmp) / "data"))
+    print(f"B = {' '.join(against)}; {repeats} interleaved runs each, medians (report.json seconds)")
+    print("| step | A: defaults | B | A / B |\n|---|---|---|---|")
+    steps = list(runs["A"][0]["report"]["seconds"]["wall"])
+    cpu = sorted({k for r in runs["A"] + runs["B"] for k in r["report"]["seconds"]["worker_cpu"]})
+    for label, key, names in (("wall", "wall", steps), ("CPU", "worker_cpu", cpu)):
+        for step in names:
+            a = statistics.median(r["report"]["seconds"][key].get(step, 0.0) for r in runs["A"])
+            b = statistics.median(r["report"]["seconds"][key].get(step, 0.0) for r in runs["B"])
+            print(f"| {step} ({label}) | {a:.3f} | {b:.3f} | {a / b if b else float('nan'):.2f} |")
+    same = {name: all(r["shards"] == runs["A"][0]["shards"] for r in rs) for name, rs in runs.items()}
+    print(f"shards byte-identical to the first A run: A {same['A']}, B {same['B']}")
+
+
+def bench_template(files: int) -> None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from make_corpus import write_template_corpus
+
+    with tempfile.TemporaryDirectory() as tmp:
+        made = write_template_corpus(Path(tmp) / "files", files=files, seed=0)
+        total = made["headers"] + made["own"] + made["licence"]
+        print(f"{files} files, {total / 1e6:.1f} MB: licence {100 * made['licence'] / total:.0f}%, own text "
+              f"{100 * made['own'] / total:.0f}%, {len(made['revisions'])} revisions")
+        print("| settings | val leakage | test leakage | val+test share of kept characters | kept characters | "
+              "pipeline seconds | gate |\n|---|---|---|---|---|---|---|")
+        off = ["data.dedup.lines=false", "data.dedup.paragraphs=false", "data.split.containment=null"]
+        for k, (name, extra) in enumerate((("defaults", []), ("lines, paragraphs and containment off", off),
+                                           ("containment off", off[2:]), ("lines and paragraphs off", off[:2]))):
+            result = run_prepare(["data=text_files", f"data.paths=[{tmp}/files]", "data.name=template"] + extra,
+                                 Path(tmp) / f"run{k}" / "data")
+            r = result["report"]
+            chars = {k: v["chars"] for k, v in r["split"]["splits"].items()}
+            leak = r["leakage"]["grouped"]
+            print(f"| {name} | {100 * leak['val']['share']:.2f}% | {100 * leak['test']['share']:.2f}% | "
+                  f"{100 * (chars['val'] + chars['test']) / sum(chars.values()):.1f}% | {sum(chars.values()):,} | "
+                  f"{r['seconds']['wall']['total']:.2f} | {'passed' if r['leakage']['gate']['passed'] else 'warns'} |",
+                  flush=True)
+
+
+def bench_spans() -> None:
+    """The longest normalised lines the built-in corpus repeats across texts: where min_line_chars must start."""
+    from lightning_llm.data.clean import CleanConfig, transform
+    from lightning_llm.data.shakespeare import read_shakespeare
+    from lightning_llm.data.spans import normalised
+
+    first: dict[str, str] = {}
+    repeated = []
+    for doc in read_shakespeare(["gutenberg", "folio"]):
+        for line in transform(doc.text, CleanConfig())[0].split("\n"):
+            key = normalised(line)
+            if key and first.setdefault(key, doc.id) != doc.id:
+                repeated.append((len(key), doc.id, first[key], key))
+    repeated.sort(reverse=True)
+    print("| characters | document | first in | line |\n|---|---|---|---|")
+    for length, doc_id, source, key in repeated[:5]:
+        print(f"| {length} | {doc_id} | {source} | {key} |")
+
+
 def bench_default(repeats: int) -> None:
     results = []
     for _ in range(repeats):
@@ -123,10 +199,12 @@ def bench_default(repeats: int) -> None:
     describe(results[len(results) // 2])
 
 
-def bench_jsonl(path: Path) -> None:
+def bench_jsonl(path: Path, extra: list[str]) -> None:
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         result = run_prepare(["data=jsonl", f"data.paths=[{path}]", "data.name=bench",
-                              "data.split.group_by=author_group", "data.split.stratify_by=genre"], Path(tmp) / "data")
+                              "data.split.group_by=author_group", "data.split.stratify_by=genre", *extra],
+                             Path(tmp) / "data")
+    print(" ".join(extra) or "defaults")
     print(f"`llm prepare data=jsonl` on {path}: wall {result['wall']:.0f} s; peak memory of the process tree "
           f"(PSS, main + workers) {result['peak_tree_mb']:.0f} MB; "
           f"largest process (max RSS) {largest_child_mb():.0f} MB")
@@ -155,15 +233,24 @@ def bench_jaccard() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["default", "jsonl", "jaccard"])
+    parser.add_argument("what", choices=["default", "jsonl", "jaccard", "template", "spans"])
     parser.add_argument("path", nargs="?", type=Path, help="jsonl: a file, directory or glob of the corpus")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--against", nargs="+", default=None,
+                        help="default: overrides to compare with, interleaved; jsonl: overrides for the run")
+    parser.add_argument("--files", type=int, default=2000, help="template: how many files")
     args = parser.parse_args()
     print(f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, python {sys.version.split()[0]}")
-    if args.what == "default":
+    if args.what == "default" and args.against:
+        bench_against(args.repeats, args.against)
+    elif args.what == "default":
         bench_default(args.repeats)
+    elif args.what == "template":
+        bench_template(args.files)
+    elif args.what == "spans":
+        bench_spans()
     elif args.what == "jsonl":
-        bench_jsonl(args.path)
+        bench_jsonl(args.path, args.against or [])
     else:
         bench_jaccard()
 

@@ -9,14 +9,20 @@ against a server it starts itself on 127.0.0.1 (a free port) and stops; a phase 
 after --phase-timeout seconds. Reported per phase: aggregate generated tokens/s (all tokens
 over the phase's wall clock, counted by the server's `usage`), time to first token and
 request latency p50/p95/p99, errors. Baseline: the in-process path of `llm generate`
-(model.generate, batch 1, the same sampling) against one streamed request, run alternately
---repeats times (the machine is shared: a ratio of medians from interleaved runs). Cache: one
-deterministic request, then --cache-hits more of it; latency p50/p95/p99 of the hits.
+(model.generate, batch 1, the same sampling) against one streamed request to the server as
+shipped (`serve.stream_interval` 0.02 s: tokens that come within it share an SSE chunk) and to
+a second server that sends every token as its own chunk (`serve.stream_interval=0`), run in
+turn --repeats times (the machine is shared: ratios of medians from interleaved runs). Besides
+tokens/s, each run's CPU time per generated token: the in-process thread's, and the whole
+server process's (engine and HTTP, from /proc/<pid>/task/*/schedstat), which other users of the cores
+change far less than they change wall-clock time. Cache: one deterministic request, then
+--cache-hits more of it; latency p50/p95/p99 of the hits.
 
 Without --ckpt the model is the default shape (conf/model/gpt-micro.yaml) with random weights
 and the default tokenizer (`llm prepare`'s, reused from outputs/data): speed does not depend
-on the weights. A random model ends a completion at <|endoftext|> now and then, so the
-completions are shorter than --max-tokens; the token counts are the real ones.
+on the weights. Its <|endoftext|> is made unreachable (a logit 50 below the rest), so that
+every completion runs its full --max-tokens as a trained model's do; the token counts are the
+server's own in any case.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ def default_model(folder: Path) -> Path:
     from omegaconf import OmegaConf
 
     from lightning_llm.config import CONF_DIR
+    from lightning_llm.data.tokenizer import EOT
     from lightning_llm.model.gpt import GPT, GPTConfig
     from lightning_llm.model.io import new_manifest, save_artifact
     from lightning_llm.stages.prepare import prepared_data
@@ -58,7 +65,12 @@ def default_model(folder: Path) -> Path:
 
     shape = OmegaConf.to_container(cfg.model, resolve=True)
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=Tokenizer.from_str(tokenizer_json).get_vocab_size(), **shape))
+    tokenizer = Tokenizer.from_str(tokenizer_json)
+    model = GPT(GPTConfig(vocab_size=tokenizer.get_vocab_size(), **shape))
+    with torch.no_grad():  # <|endoftext|> out of reach, so every completion runs its full length
+        model.norm_f.weight[0], model.norm_f.bias[0] = 0.0, 1.0  # the final features' first component: 1
+        model.lm_head.weight[:, 0] = 0.0  # (tied to the embedding)
+        model.lm_head.weight[tokenizer.token_to_id(EOT), 0] = -50.0
     return save_artifact(model, tokenizer_json, folder / "gpt-micro-random",
                          manifest=new_manifest(produced_by="bench/serve.py (random weights)",
                                                tokenizer_json=tokenizer_json))
@@ -75,12 +87,33 @@ class InProcess:
         self.idx = torch.tensor([encode_prompt(self.artifact.tokenizer, PROMPT)])
         self.runs = 0
 
-    def tokens_per_s(self, max_tokens: int) -> float:
+    def run(self, max_tokens: int) -> tuple[float, float, int, float]:
+        """(tokens/s, CPU seconds per token of this thread (torch's own threads are not counted,
+        so compare with --threads 1), tokens)."""
         self.runs += 1
         generator = torch.Generator().manual_seed(self.runs)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         self.artifact.model.generate(self.idx, max_tokens, 0.8, 50, generator=generator)
-        return max_tokens / (time.perf_counter() - start)
+        return max_tokens / (time.perf_counter() - start), (time.thread_time() - cpu) / max_tokens, max_tokens, 0.0
+
+
+def process_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds a process has run: (all its threads, its main thread), from the scheduler's
+    nanosecond counters (/proc/<pid>/task/*/schedstat; Linux only, NaN elsewhere). The
+    server's main thread runs the event loop: the HTTP side."""
+    def seconds(tid: str) -> float:
+        return int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0]) / 1e9
+
+    try:
+        total = 0.0
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                total += seconds(tid)
+            except OSError:  # a thread that just ended
+                pass
+        return total, seconds(str(pid))
+    except OSError:
+        return float("nan"), float("nan")
 
 
 def start_server(model_dir: Path, log: Path, *overrides: str) -> tuple[subprocess.Popen, str]:
@@ -157,20 +190,32 @@ async def phase(url: str, *, clients: int, requests_per_client: int, max_tokens:
             "latency": percentiles([r["latency"] for r in done])}
 
 
-async def single_stream(client: httpx.AsyncClient, url: str, max_tokens: int) -> float:
-    """Tokens/s of one streamed request, from sending it to its last byte."""
+async def single_stream(client: httpx.AsyncClient, server: tuple[subprocess.Popen, str],
+                        max_tokens: int) -> tuple[float, float, int, float]:
+    """(tokens/s, server CPU seconds per token, tokens, the HTTP side's CPU seconds per token) of
+    one streamed request, from sending it to its last byte."""
+    proc, url = server
+    cpu = process_cpu(proc.pid)
     result = await one_request(client, url, max_tokens)
     if "error" in result:
         raise SystemExit(f"the server answered {result['error']}")
-    return result["tokens"] / result["latency"]
+    tokens, after = result["tokens"], process_cpu(proc.pid)
+    return (tokens / result["latency"], (after[0] - cpu[0]) / max(1, tokens), tokens,
+            (after[1] - cpu[1]) / max(1, tokens))
 
 
-async def interleaved(local: InProcess, url: str, max_tokens: int, repeats: int) -> list[tuple[float, float]]:
-    """(in-process, one streaming client) tokens/s, alternately: the machine is shared."""
+async def interleaved(local: InProcess, servers: list[tuple[subprocess.Popen, str]], max_tokens: int,
+                      repeats: int) -> list[list[tuple[float, float]]]:
+    """Per run: (tokens/s, CPU s per token) in process, then of one streaming client of each
+    server, in turn: the machine is shared."""
     async with httpx.AsyncClient(timeout=120) as client:
-        await single_stream(client, url, max_tokens)  # the connection is open and warm
-        return [(local.tokens_per_s(max_tokens), await single_stream(client, url, max_tokens))
-                for _ in range(repeats)]
+        for server in servers:
+            await single_stream(client, server, max_tokens)  # the connection is open and warm
+        runs = []
+        for _ in range(repeats):
+            runs.append([local.run(max_tokens)] + [await single_stream(client, server, max_tokens)
+                                                   for server in servers])
+        return runs
 
 
 async def cache_hits(url: str, n: int) -> dict:
@@ -215,21 +260,27 @@ def main():
         torch.set_num_threads(args.threads)
         threads = [f"serve.threads={args.threads}"]
 
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model_dir = args.ckpt or default_model(tmp)
         local = InProcess(model_dir)
-        local.tokens_per_s(args.max_tokens)  # warm-up
-        rows, hits, pairs = [], None, []
+        local.run(args.max_tokens)  # warm-up
+        rows, hits, runs = [], None, []
         for batching in (True, False):
-            proc, url = start_server(model_dir, tmp / "serve.log", f"serve.batching={str(batching).lower()}",
-                                     f"serve.max_batch_size={args.max_batch_size}", "serve.max_queue=256",
-                                     f"serve.max_tokens={args.max_tokens}", *threads)
+            common = (f"serve.max_batch_size={args.max_batch_size}", "serve.max_queue=256",
+                      f"serve.max_tokens={args.max_tokens}", *threads)
+            server = start_server(model_dir, tmp / "serve.log", f"serve.batching={str(batching).lower()}", *common)
+            proc, url = server
+            every = None
             try:
                 asyncio.run(phase(url, clients=1, requests_per_client=2, max_tokens=args.max_tokens,
                                   timeout=args.phase_timeout))  # warm the HTTP path
-                if batching:
-                    pairs = asyncio.run(interleaved(local, url, args.max_tokens, args.repeats))
+                if batching:  # for the single-stream comparison only: the same server sending every token at once
+                    every = start_server(model_dir, tmp / "every.log", "serve.stream_interval=0", *common)
+                    runs = asyncio.run(interleaved(local, [server, every], args.max_tokens, args.repeats))
+                    stop_server(every[0])
+                    every = None
                 for clients in args.concurrency:
                     result = asyncio.run(phase(url, clients=clients, requests_per_client=args.requests_per_client,
                                                max_tokens=args.max_tokens, timeout=args.phase_timeout))
@@ -238,16 +289,30 @@ def main():
                     hits = asyncio.run(cache_hits(url, args.cache_hits))
             finally:
                 stop_server(proc)
+                if every is not None:
+                    stop_server(every[0])
 
     print(f"\nmodel: {args.ckpt or 'gpt-micro, random weights'}; {args.max_tokens} new tokens per request, "
           f"prompt {PROMPT!r}, temperature 0.8, top_k 50; torch threads {torch.get_num_threads()}, "
-          f"{os.cpu_count()} CPUs\n")
-    baseline = statistics.median(p[0] for p in pairs)
-    streamed = statistics.median(p[1] for p in pairs)
-    print(f"one request of {args.max_tokens} tokens, {args.repeats} interleaved runs, medians: in-process "
-          f"`llm generate` path (model.generate, batch 1) {baseline:.0f} tokens/s; one streaming client "
-          f"{streamed:.0f} tokens/s; ratio {streamed / baseline:.2f} (per run: "
-          f"{', '.join(f'{b / a:.2f}' for a, b in pairs)})\n")
+          f"{os.cpu_count()} CPUs; load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after\n")
+    print(f"One request of {args.max_tokens} tokens, {args.repeats} interleaved runs, medians (CPU: the "
+          "in-process thread's; the whole server process's, per generated token):\n")
+    print("| path | tokens/s | vs in-process | CPU ms per token | of which HTTP (event loop) | tokens per request "
+          "| per-run ratio to in-process |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    names = ["in process (`llm generate`'s model.generate, batch 1)",
+             "one streaming client, `serve.stream_interval` 0.02 s (default)",
+             "one streaming client, `serve.stream_interval=0` (a chunk per token)"]
+    baseline = statistics.median(run[0][0] for run in runs)
+    for i, name in enumerate(names):
+        speed = statistics.median(run[i][0] for run in runs)
+        cpu = statistics.median(run[i][1] for run in runs)
+        http = f"{1000 * statistics.median(run[i][3] for run in runs):.2f}" if i else ""
+        per_run = ", ".join(f"{run[i][0] / run[0][0]:.2f}" for run in runs)
+        tokens = statistics.mean(run[i][2] for run in runs)
+        print(f"| {name} | {speed:.0f} | {speed / baseline:.2f} | {1000 * cpu:.2f} | {http} | {tokens:.1f} "
+              f"| {per_run if i else ''} |")
+    print()
     print("| batching | clients | requests | errors | tokens/s | vs 1 client | TTFT p50 / p95 / p99 ms "
           "| latency p50 / p95 / p99 ms |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")

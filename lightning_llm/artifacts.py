@@ -26,6 +26,19 @@ def write_json(path: Path, payload) -> None:
     write_text(path, json.dumps(payload, indent=2, default=str))
 
 
+def write_jsonl(path: Path, rows) -> int:
+    """One JSON object per line (non-ASCII kept as is), written whole or not at all; returns the count."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    count = 0
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+            count += 1
+    os.replace(tmp, path)
+    return count
+
+
 @contextmanager
 def staged_folder(out: Path) -> Iterator[Path]:
     """A temporary folder beside `out` (the user's umask, not mkdtemp's 0700) that replaces `out`
@@ -37,6 +50,9 @@ def staged_folder(out: Path) -> Iterator[Path]:
         os.umask(mask)
         os.chmod(staging, 0o777 & ~mask)
         yield staging
+        for path in staging.rglob("*"):  # safetensors writes its files 0600: they get the umask too
+            if path.is_file() and not path.is_symlink():
+                os.chmod(path, 0o666 & ~mask)
         previous = out.with_name(f".{out.name}.previous")
         if out.exists():
             shutil.rmtree(previous, ignore_errors=True)

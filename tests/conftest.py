@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,9 @@ from hydra import compose, initialize_config_dir
 from lightning_llm.config import CONF_DIR
 
 os.environ.setdefault("WANDB_MODE", "disabled")
+# Figures measured once per machine (precision=auto, the matmul peak) go to this session's own cache:
+# a test never reads what another session measured under other load, nor writes the user's ~/.cache.
+os.environ["LLM_CACHE_DIR"] = tempfile.mkdtemp(prefix="llm-measured-")
 
 LLM = [sys.executable, "-m", "lightning_llm.cli"]
 # A training run of seconds: the smallest preset, 30 steps, two validations, short samples.

@@ -99,6 +99,52 @@ def test_help_lists_stages():
     assert result.returncode == 0 and all(s in result.stdout for s in ("prepare", "train", "generate"))
 
 
+def run_cli(args, **kwargs):
+    return subprocess.run(LLM + args, capture_output=True, text=True, timeout=120, **kwargs)
+
+
+@pytest.mark.parametrize("stage, present, absent", [
+    ("train", ["model ", "gpt-nano", "gpt-micro*", "logger ", "none", "debug ", "fast", "max_steps:"],
+     ["sweeps (sweep=<name>"]),
+    ("eval", ["usage: llm eval ckpt=<run dir", "paths ", "lm:", "max_tokens:"], ["\n  model ", "\n  logger ",
+                                                                                "\n  tokenizer "]),
+    ("sweep", ["sweeps (sweep=<name>", "grid_lr_batch_dropout", "random ", "tpe_arch"], []),
+])
+def test_each_stage_help_lists_its_own_groups(stage, present, absent):
+    result = run_cli([stage, "--help"])
+    assert result.returncode == 0, result.stderr
+    groups = result.stdout.split("config (override", 1)[0]
+    for text in present:
+        assert text in result.stdout, text
+    for text in absent:
+        assert text not in groups, text
+
+
+def test_version_and_a_missing_mandatory_value_in_one_line():
+    from importlib.metadata import version
+
+    result = run_cli(["--version"])
+    assert result.returncode == 0 and result.stdout.strip() == f"lightning-llm {version('lightning-llm')}"
+    for stage, line in (("generate", "error: ckpt is required: pass ckpt=<run dir | .ckpt | model folder>"),
+                        ("compare", "error: runs is required: pass runs=[<run dir>,<run dir>,...]"),
+                        ("sweep", "error: sweep is required: pass sweep=<name>")):
+        result = run_cli([stage])
+        assert result.returncode == 2 and result.stderr.strip() == line, result.stderr
+
+
+@pytest.mark.parametrize("args", [["train", "--help"], ["train", "--cfg", "job", "model=gpt-nano"],
+                                  ["sweep", "--cfg", "job"], ["eval", "--help"]])
+def test_help_and_cfg_never_import_lightning_or_torch(args):
+    """What makes `--help` and `--cfg job` start in about a second instead of 4-7 (docs/benchmarks.md)."""
+    result = subprocess.run([LLM[0], "-X", "importtime", *LLM[1:], *args], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert imported and not imported & {"torch", "lightning", "optuna", "lightning.pytorch"}
+    if "--cfg" in args:
+        assert "experiment_name:" in result.stdout
+
+
 def test_ddp_on_two_cpu_processes_writes_one_run(tmp_path, cache_root, prepared):
     outputs = cache_root.parent
     run_dir = tmp_path / "ddp-run"

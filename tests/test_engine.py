@@ -204,7 +204,7 @@ def test_async_events_match_the_blocking_ones(engine_of):
 
     async def client(prompt):
         handle = engine.submit(prompt, SamplingParams(max_tokens=15, temperature=0))
-        return [e.token_id async for e in handle.aevents() if e.token_id is not None]
+        return [e.token_id async for events in handle.abatches() for e in events if e.token_id is not None]
 
     async def main():
         return await asyncio.gather(*(client(p) for p in prompts))
@@ -240,3 +240,57 @@ def test_bad_params_are_refused_at_submit(engine_of):
             engine.submit([1], params)
     with pytest.raises(ValueError, match="outside the vocabulary"):
         engine.submit([VOCAB], SamplingParams(max_tokens=1))
+
+
+def test_async_batches_hand_over_the_tokens_that_came_together_but_never_hold_the_first_or_last(engine_of):
+    engine = engine_of(max_batch_size=2)
+    prompt = prompts_of(6)[0]
+    expected = tokens_of(engine.submit(prompt, SamplingParams(max_tokens=40, temperature=0)))
+
+    async def batches(interval):
+        handle = engine.submit(prompt, SamplingParams(max_tokens=40, temperature=0))
+        start = time.perf_counter()
+        out = [events async for events in handle.abatches(interval)]
+        return out, time.perf_counter() - start
+
+    each, _ = asyncio.run(batches(0.0))
+    assert [e.token_id for events in each for e in events if e.token_id is not None] == expected
+    # A 60 s interval: the first token is handed over at once, the rest (held) comes with the
+    # final event, which is never held back.
+    held, seconds = asyncio.run(batches(60.0))
+    assert seconds < 30 and 1 <= len(held) <= 2
+    assert [e.token_id for events in held for e in events if e.token_id is not None] == expected
+    assert held[-1][-1].finish_reason == "length" and len(held[-1]) > 1
+    assert engine.stats()["active"] == 0
+
+
+def test_a_dead_engine_thread_ends_every_request_and_refuses_new_ones(model, engine_of, monkeypatch):
+    """A bug outside a step (here: dropping a cancelled row) kills the engine thread; nobody may
+    be left waiting for it, and new requests are refused rather than queued forever."""
+    engine = engine_of(max_batch_size=2, slide=True)
+    running = engine.submit(prompts_of(5)[0], SamplingParams(max_tokens=100_000, temperature=0))
+    victim = engine.submit(prompts_of(4)[0], SamplingParams(max_tokens=100_000, temperature=0))
+    queued_behind = engine.submit(prompts_of(3)[0], SamplingParams(max_tokens=5, temperature=0))
+    it, _ = first_event(running)
+    first_event(victim)
+
+    def broken(self, row):
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr("lightning_llm.serving.engine.Batch.remove", broken)
+    victim.cancel()
+    results = {}
+
+    def drain(name, events):
+        results[name] = [e.finish_reason for e in events][-1]
+
+    threads = [threading.Thread(target=drain, args=("running", it), daemon=True),
+               threading.Thread(target=drain, args=("queued", queued_behind.events()), daemon=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert results == {"running": "error", "queued": "error"}
+    assert not engine.alive
+    with pytest.raises(EngineClosed):
+        engine.submit([1, 2], SamplingParams(max_tokens=3))

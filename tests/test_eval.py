@@ -4,27 +4,23 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config
+from conftest import compose_config, llm
 
 from lightning_llm.data.tokenizer import EOT, TokenizerConfig, train_tokenizer
 from lightning_llm.errors import UserError
 from lightning_llm.evaluation import EvalConfig, KneserNey, evaluate
 from lightning_llm.evaluation.classify import classification_metrics, confusion_matrix
 from lightning_llm.evaluation.generation import continuation_scores, distinct_n
-from lightning_llm.evaluation.lm import lm_metrics, score_tokens, utf8_bytes, window_starts
+from lightning_llm.evaluation.lm import lm_metrics, score_tokens, utf8_bytes, window_intervals, window_starts
 from lightning_llm.evaluation.report import record_in_run
 from lightning_llm.model import GPT, GPTConfig
 from lightning_llm.stages.eval import eval_config as checked_config
 
-LLM = [sys.executable, "-m", "lightning_llm.cli"]
 TINY_TRAIN = ["model=gpt-nano", "batch_size=16", "trainer.max_steps=30", "trainer.val_check_interval=15",
               "val_windows=16", "callbacks.samples.max_new_tokens=20", "optim.optimizer.lr=1e-2",
               "optim.scheduler.warmup_steps=5"]
@@ -37,14 +33,6 @@ TINY_EVAL = ["lm.max_tokens=20000", "lm.stride=16", "ngram.order=3", "generation
 
 def eval_config(overrides: list[str]) -> EvalConfig:
     return checked_config(compose_config("eval", overrides))
-
-
-def run_llm(args):
-    env = {**os.environ, "WANDB_MODE": "disabled"}
-    result = subprocess.run(LLM + args, capture_output=True, text=True, env=env, timeout=300)
-    if result.returncode != 0:
-        raise AssertionError(f"llm {' '.join(args)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
-    return result
 
 
 # ---- language-model metrics -------------------------------------------------------------
@@ -173,7 +161,7 @@ def trained_run(tmp_path_factory, cache_root, prepared):
 
 @pytest.fixture(scope="module")
 def evaluated(trained_run):
-    result = run_llm(["eval", f"ckpt={trained_run}", *TINY_EVAL])
+    result = llm(["eval", f"ckpt={trained_run}", *TINY_EVAL])
     return trained_run, result
 
 
@@ -199,6 +187,9 @@ def test_llm_eval_writes_every_file_and_prints_the_headline(evaluated, prepared)
             assert sum(map(sum, split_metrics["confusion"])) == sum(cls["data"][split]["passages"].values()) <= 200
             assert 0 <= split_metrics["macro"]["f1"] <= 1
     assert metrics["headline"]["test/bpb"] == metrics["lm"]["splits"]["test"]["bpb"]
+    lo, hi = metrics["intervals"]["test/bpb_ci"]  # 95% over windows, beside the point estimate
+    assert lo < metrics["headline"]["test/bpb"] < hi and {"gen/bleu_ci", "gen/rougeL_ci"} <= set(metrics["intervals"])
+    assert f"{metrics['headline']['test/bpb']:.4f} [{lo:.4f}, {hi:.4f}]" in (out / "report.md").read_text()
     assert json.loads((run_dir / "run.json").read_text())["eval"]["metrics"] == metrics["headline"]
 
     report = (out / "report.md").read_text()
@@ -213,12 +204,65 @@ def test_llm_eval_writes_every_file_and_prints_the_headline(evaluated, prepared)
 def test_llm_compare_prints_and_writes_one_table(evaluated, tmp_path):
     run_dir, _ = evaluated
     out = tmp_path / "compare.md"
-    result = run_llm(["compare", f"runs=[{run_dir},{run_dir}/eval]", f"out={out}"])
+    result = llm(["compare", f"runs=[{run_dir},{run_dir}/eval]", f"out={out}"])
     rows = [line for line in result.stdout.splitlines() if line.startswith("|")]
     assert len(rows) == 2 + 2 and "test bpb" in rows[0] and "F1 pretrained" in rows[0]
     headline = json.loads((run_dir / "eval" / "metrics.json").read_text())["headline"]
     assert f"{headline['test/bpb']:.4f}" in rows[2]
     assert out.read_text().count("\n|") == 4
+
+
+@pytest.fixture(scope="module")
+def multirun(tmp_path_factory, cache_root, prepared):
+    """Two short training runs of one `llm train -m` that differ in the learning rate alone, no eval."""
+    from conftest import TINY
+
+    outputs = tmp_path_factory.mktemp("multirun-outputs")
+    (outputs / "data").symlink_to(cache_root)
+    llm(["train", "-m", *TINY, "trainer.max_steps=4", "trainer.val_check_interval=2", "val_windows=4",
+         "callbacks.samples.max_new_tokens=5", "experiment_name=cmp", "optim.optimizer.lr=0.01,0.002"], outputs)
+    return next((outputs / "train" / "cmp").iterdir())
+
+
+def test_llm_compare_over_a_multirun_shows_what_differs_and_draws_the_losses(multirun, tmp_path):
+    out = tmp_path / "compare" / "compare.md"
+    result = llm(["compare", f"runs=[{multirun}/*]", f"out={out}"])  # the glob also catches multirun.yaml
+    rows = [line for line in result.stdout.splitlines() if line.startswith("|")]
+    assert len(rows) == 2 + 2
+    header = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert "optim.optimizer.lr" in header and "train-time best val loss" in header and "metrics from" in header
+    assert not any(c.startswith(("paths.", "callbacks.checkpoint.dirpath", "trainer.default_root_dir")) for c in header)
+    lr = header.index("optim.optimizer.lr")
+    assert [row.strip("|").split("|")[lr].strip() for row in rows[2:]] == ["0.01", "0.002"]
+    assert "Skipped, not runs:" in result.stdout and "multirun.yaml" in result.stdout
+    assert "No eval, compared on the metrics training recorded in run.json" in result.stdout
+    for name in ("loss.png", "optim.optimizer.lr_vs_val_loss.png"):
+        assert (out.parent / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert f"]({name})" in out.read_text()
+    from lightning_llm.evaluation.compare import compare
+
+    again = compare([str(multirun)], tmp_path / "again.md")  # the multirun dir itself stands for its runs
+    assert [ln for ln in again.splitlines() if ln.startswith("|")] == rows
+
+
+def test_compare_flags_evals_made_with_different_settings(evaluated, multirun, tmp_path):
+    from lightning_llm.evaluation.compare import compare
+
+    run_dir, _ = evaluated
+    other = tmp_path / "other-eval"
+    shutil.copytree(run_dir / "eval", other)
+    results = json.loads((other / "metrics.json").read_text())
+    results["config"]["lm"]["max_tokens"] = 5000  # as `llm eval ... lm.max_tokens=5000 out_dir=...` records it
+    (other / "metrics.json").write_text(json.dumps(results))
+    text = compare([str(run_dir), str(other), f"{multirun}/0"], tmp_path / "c.md")
+    assert "WARNING: evals made with different settings" in text and "lm.max_tokens" in text
+    assert "5000" in text and "20000" in text
+    rows = [line for line in text.splitlines() if line.startswith("|")]
+    assert len(rows) == 2 + 3 and rows[2].rstrip(" |").endswith("eval") and rows[4].rstrip(" |").endswith("run.json")
+    assert f"No eval, compared on the metrics training recorded in run.json: {multirun}/0" in text
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="is not a run"):
+        compare([str(tmp_path / "empty")], tmp_path / "d.md")
 
 
 def test_eval_metrics_reach_the_runs_wandb_summary(tmp_path, monkeypatch):
@@ -272,3 +316,61 @@ def test_an_unknown_task_is_refused_before_any_work():
 def test_a_stride_below_one_is_refused_before_any_work():
     with pytest.raises(UserError, match="lm.stride must be at least 1, got -4"):
         eval_config(["ckpt=outputs/no_such_run", "lm.stride=-4"])
+
+
+# ---- uncertainty: bootstrap intervals and runs that cannot be told apart -----------------
+
+def test_window_intervals_hold_the_estimate_narrow_with_more_windows_and_repeat_for_a_seed():
+    rng = np.random.default_rng(0)
+    block = 16
+
+    def interval(n_windows: int, seed: int = 0) -> tuple[float, list[float]]:
+        nats = rng.gamma(2.0, 1.0, size=n_windows * block)
+        bytes_per_block = rng.integers(20, 40, size=n_windows).astype(float)
+        point = lm_metrics(nats, int(bytes_per_block.sum()))["bpb"]
+        return point, window_intervals(nats, bytes_per_block, int(bytes_per_block.sum()), block, seed=seed)
+
+    widths = []
+    for n_windows in (20, 2000):
+        point, ci = interval(n_windows)
+        lo, hi = ci["bpb_ci"]
+        assert lo < point < hi and ci["windows"] == n_windows
+        widths.append(hi - lo)
+    assert widths[1] < widths[0] / 5  # 100x the windows: about 10x narrower
+
+    nats = rng.gamma(2.0, 1.0, size=50 * block)
+    bytes_per_block = np.full(50, 30.0)
+    first = window_intervals(nats, bytes_per_block, 1500, block, seed=3)
+    assert window_intervals(nats, bytes_per_block, 1500, block, seed=3) == first
+    assert window_intervals(nats, bytes_per_block, 1500, block, seed=4) != first
+    assert first["ppl_ci"][0] < lm_metrics(nats, 1500)["ppl"] < first["ppl_ci"][1]
+    assert window_intervals(nats[:block], bytes_per_block[:1], 30, block)["bpb_ci"] is None  # one window: none
+
+
+def test_bleu_and_rouge_carry_bootstrap_intervals_around_the_score():
+    rng = np.random.default_rng(0)
+    words = "to be or not that is the question whether tis nobler in mind suffer".split()
+    refs = [" ".join(rng.choice(words, 12)) for _ in range(30)]
+    hyps = [" ".join(w if rng.random() < 0.6 else rng.choice(words) for w in ref.split()) for ref in refs]
+    scores = continuation_scores(hyps, refs, seed=1)
+    assert scores["bleu_ci"][0] < scores["bleu"] < scores["bleu_ci"][1]
+    assert scores["rougeL_ci"][0] < scores["rougeL"] < scores["rougeL_ci"][1]
+    assert continuation_scores(hyps, refs, seed=1) == scores
+    assert continuation_scores(hyps[:1], refs[:1])["rougeL_ci"] is None
+
+
+def test_compare_marks_runs_whose_intervals_overlap_as_indistinguishable(tmp_path):
+    from lightning_llm.evaluation.compare import Run, compare_markdown
+
+    def run(name: str, bpb: float, ci: list[float] | None) -> Run:
+        results = {"headline": {"test/bpb": bpb}, "intervals": {"test/bpb_ci": ci} if ci else {}, "config": {}}
+        return Run(tmp_path / name, None, {}, results)
+
+    a, b, c = run("a", 2.40, [2.38, 2.42]), run("b", 2.41, [2.39, 2.43]), run("c", 2.60, [2.58, 2.62])
+    text = compare_markdown([a, b, c])
+    assert f"Indistinguishable on test bpb (their 95% intervals overlap): {a.name} and {b.name}." in text
+    assert f"{c.name} and" not in text and f"and {c.name}" not in text
+    assert "2.4000 [2.3800, 2.4200]" in text
+    assert "disjoint" in compare_markdown([a, c]) and "Indistinguishable" not in compare_markdown([a, c])
+    without = compare_markdown([a, run("d", 2.41, None)])  # one run has no interval: no verdict either way
+    assert "Indistinguishable" not in without and "disjoint" not in without

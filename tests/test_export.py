@@ -135,7 +135,7 @@ def test_autotokenizer_gives_our_ids_special_tokens_and_chat_template(tmp_path, 
     assert (theirs.bos_token, theirs.eos_token, theirs.pad_token) == (EOT, EOT, "<|pad|>")
     assert theirs.unk_token == ("<|unk|>" if kind != "bpe" else None)
     chat = theirs.apply_chat_template([{"role": "user", "content": "Hark"}], tokenize=False, add_generation_prompt=True)
-    assert chat == "user: Hark\nassistant: "
+    assert chat == "USER:\nHark\n\nASSISTANT:\n"  # conf/template/plain.yaml, as the server renders it
     generation = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
     vocab = ours.tokenizer.get_vocab()
     assert generation["eos_token_id"] == [vocab[EOT], vocab["<|eos|>"]]

@@ -227,3 +227,98 @@ def test_logprobs_reports_the_raw_distribution():
     logp = F.log_softmax(logits, -1)[0]
     assert chosen.item() == pytest.approx(logp[2].item())
     assert ids.tolist() == [[1, 2]] and values[0].tolist() == pytest.approx(logp[[1, 2]].tolist())
+
+
+# --- bf16 decoding, the reused KV cache, the dtype option -------------------------------------------------------
+
+def trained(**options) -> GPT:
+    """A tiny model trained a little on a fixed pattern, so that its predictions are confident (an
+    untrained model's near-uniform logits make greedy choices that any rounding flips)."""
+    model = tiny(**options).train()
+    pattern = torch.tensor(prompts_of(37, seed=5)[0] * 4)
+    x, y = pattern[:-1].unfold(0, BLOCK, 5), pattern[1:].unfold(0, BLOCK, 5)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(60):
+        _, loss = model(x, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", ["learned", "rope-gqa"])
+def test_bf16_decoding_gives_the_same_greedy_tokens_and_loss_within_half_a_percent(name):
+    from lightning_llm.model.generation import copy_for_inference
+
+    model = trained(**CONFIGS[name])
+    half = copy_for_inference(model, torch.bfloat16)
+    assert next(half.parameters()).dtype == torch.bfloat16 and next(model.parameters()).dtype == torch.float32
+    if name == "rope-gqa":
+        assert half.rope_cos.dtype == torch.float32  # positions keep their precision
+    prompts = [p[:n] for p, n in zip(prompts_of(37, 37, seed=5) * 2, (3, 9, 14, 20))]
+    full, _ = collect(stream(model, prompts, max_new_tokens=20, temperature=0), len(prompts))
+    fast, _ = collect(stream(half, prompts, max_new_tokens=20, temperature=0), len(prompts))
+    assert fast == full
+    text = torch.tensor([prompts_of(40, seed=9)[0]])  # loss (so bits per byte) on other tokens
+    with torch.no_grad():
+        loss32 = model(text[:, :-1], text[:, 1:])[1].item()
+        loss16 = half(text[:, :-1], text[:, 1:])[1].item()
+    assert abs(loss16 - loss32) / loss32 < 0.005
+
+
+def test_the_kv_cache_is_reused_across_calls_and_never_shared_by_two_at_once():
+    model = tiny()
+    prompts = prompts_of(5, 9)
+    first, _ = collect(stream(model, prompts, max_new_tokens=6, temperature=0), 2)
+    steps = stream(model, prompts_of(3), max_new_tokens=6, temperature=0)  # one row: a view of the 2-row cache
+    next(steps)
+    from lightning_llm.model import generation
+
+    held = generation._pool.get(model, [])
+    assert held == []  # the one cache is in use by the open stream
+    other, _ = collect(stream(model, prompts, max_new_tokens=6, temperature=0), 2)  # meanwhile: a cache of its own
+    assert other == first
+    list(steps)
+    storage = {c.keys[0].data_ptr() for c in generation._pool[model]}
+    again, _ = collect(stream(model, prompts, max_new_tokens=6, temperature=0), 2)
+    assert again == first  # stale rows of the reused cache change nothing
+    assert {c.keys[0].data_ptr() for c in generation._pool[model]} == storage  # nothing new allocated
+
+
+def test_dtype_option_refuses_emulated_bf16_and_unknown_names(monkeypatch):
+    from lightning_llm import measured
+    from lightning_llm.model.generation import inference_dtype
+
+    model = tiny()
+    with pytest.raises(ValueError, match="float32, bfloat16 or auto"):
+        inference_dtype(model, "half")
+    assert inference_dtype(model, "float32")[0] == torch.float32
+    monkeypatch.setattr(measured, "cpu_flags", lambda: frozenset({"avx2"}))
+    with pytest.raises(ValueError, match="no native bf16"):
+        inference_dtype(model, "bfloat16")
+    dtype, why = inference_dtype(model, "auto")  # no native bf16: fp32 without measuring
+    assert dtype == torch.float32 and "not native" in why
+
+
+def test_dtype_auto_measures_once_per_machine_and_shape(monkeypatch, tmp_path):
+    from lightning_llm import measured
+    from lightning_llm.model import generation
+
+    monkeypatch.setenv("LLM_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(measured, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    calls = []
+
+    def timed(fns, **kwargs):
+        calls.append(sorted(fns))
+        for fn in fns.values():
+            fn()  # really decode, in both dtypes
+        return {"float32": 2.0, "bfloat16": 1.0}
+
+    monkeypatch.setattr(measured, "interleaved_best", timed)
+    model = tiny()
+    dtype, why = generation.inference_dtype(model, "auto", batch=2)
+    assert dtype == torch.bfloat16 and "bfloat16" in why and calls == [["bfloat16", "float32"]]
+    assert generation.inference_dtype(model, "auto", batch=2)[0] == torch.bfloat16 and len(calls) == 1  # cached
+    generation.inference_dtype(model, "auto", batch=4)  # another batch: measured again
+    assert len(calls) == 2
+    assert next(model.parameters()).dtype == torch.float32  # measuring never touches the model itself

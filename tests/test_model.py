@@ -94,3 +94,101 @@ def test_every_preset_builds(preset, params):
     if params:  # GPT-2 small as published: 124M with tied embeddings and learned positions
         with torch.device("meta"):
             assert sum(p.numel() for p in GPT(config).parameters()) == params
+
+
+# --- an honest MFU and precision=auto by measurement ------------------------------------------------------------
+
+def test_mfu_can_never_exceed_one():
+    from lightning_llm.training.callbacks import model_flops_utilization
+
+    assert model_flops_utilization(50.0, 200.0) == (0.25, 200.0)
+    mfu, peak = model_flops_utilization(300.0, 200.0)  # a peak measured at a bad moment
+    assert mfu == 1.0 and peak == 300.0
+
+
+def test_the_throughput_callback_reports_mfu_at_most_one_with_a_peak_too_low():
+    from types import SimpleNamespace
+
+    from lightning_llm.training.callbacks import Throughput
+
+    logged = {}
+    module = SimpleNamespace(model=tiny(), device=torch.device("cpu"), log_dict=lambda d, **kw: logged.update(d))
+    trainer = SimpleNamespace(precision="32-true", accumulate_grad_batches=1, log_every_n_steps=1, global_step=1,
+                              world_size=1)
+    callback = Throughput(peak_tflops=1e-9)  # 1 kFLOP/s: far below anything real
+    callback.on_fit_start(trainer, module)
+    callback.on_train_batch_start(trainer, module, None, 0)
+    callback.elapsed = 0.5
+    callback.on_train_batch_end(trainer, module, None, (torch.zeros(4, 24, dtype=torch.long),), 0)
+    assert 0 < logged["perf/mfu"] <= 1.0
+
+
+def test_matmul_peak_is_the_best_size_and_cached_per_machine_and_dtype(monkeypatch, tmp_path):
+    from lightning_llm import measured
+
+    monkeypatch.setenv("LLM_CACHE_DIR", str(tmp_path))
+    timed = []
+
+    def flops(device, dtype, size, seconds):
+        timed.append((dtype, size))
+        return {64: 3.0, 128: 5.0}[size]
+
+    monkeypatch.setattr(measured, "matmul_flops", flops)
+    peak = measured.matmul_peak("cpu", torch.float32, sizes=(64, 128))
+    assert (peak["flops"], peak["size"]) == (5.0, 128) and len(timed) == 2
+    assert measured.matmul_peak("cpu", torch.float32, sizes=(64, 128))["flops"] == 5.0 and len(timed) == 2
+    measured.matmul_peak("cpu", torch.bfloat16, sizes=(64, 128))
+    assert len(timed) == 4  # another dtype: measured
+    monkeypatch.undo()
+    real = measured.matmul_flops(torch.device("cpu"), torch.float32, 64, seconds=0.01)
+    assert 1e6 < real < 1e14  # FLOP/s of a real 64 x 64 matmul: something sane
+
+
+def test_precision_auto_picks_the_faster_measured_and_caches_it(monkeypatch, tmp_path, caplog):
+    from lightning_llm import measured
+    from lightning_llm.stages.train import resolve_precision
+    from lightning_llm.training import precision
+
+    monkeypatch.setenv("LLM_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(measured, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    config = GPTConfig(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=32)
+    rates = precision.tokens_per_s(config, 4, torch.device("cpu"), rounds=1)  # real steps, both precisions
+    assert set(rates) == {"32-true", "bf16-mixed"} and all(r > 0 for r in rates.values())
+    measured_calls = []
+
+    def fake(config, batch_size, device):
+        measured_calls.append(batch_size)
+        return {"32-true": 900.0, "bf16-mixed": 600.0}  # bf16 exists here, and is slower
+
+    monkeypatch.setattr(precision, "tokens_per_s", fake)
+    with caplog.at_level("INFO"):
+        assert resolve_precision("auto", "cpu", model_config=config, batch_size=8) == "32-true"
+    assert "32-true 900 tokens/s, bf16-mixed 600 tokens/s" in caplog.text
+    assert resolve_precision("auto", "cpu", model_config=config, batch_size=8) == "32-true"
+    assert measured_calls == [8]  # the second run read the cache
+    assert resolve_precision("bf16-mixed", "cpu", model_config=config, batch_size=8) == "bf16-mixed"
+    for bf16_rate, chosen in ((930.0, "32-true"), (990.0, "bf16-mixed")):  # within noise, fp32; clearly faster, bf16
+        monkeypatch.setattr(precision, "tokens_per_s", lambda *args, r=bf16_rate: {"32-true": 900.0, "bf16-mixed": r})
+        assert precision.choose_precision(config, 8, use_cache=False)[0] == chosen
+    monkeypatch.setattr(measured, "cpu_flags", lambda: frozenset({"avx2"}))
+    assert resolve_precision("auto", "cpu", model_config=config, batch_size=16) == "32-true"  # emulated bf16
+    assert measured_calls == [8]
+
+
+@pytest.mark.slow
+def test_gpu_bench_smoke_runs_every_path_on_the_cpu(tmp_path):
+    """bench/gpu.py --smoke: training with both NaN guards (the device guard skips a poisoned
+    step), generation at batch 1 and 32, the serving engine; the tables land in the file."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "gpu.md"
+    subprocess.run([sys.executable, "bench/gpu.py", "--smoke", "--no-compile", "--out", str(out)], cwd=root,
+                   check=True, timeout=600, env={**__import__("os").environ, "PYTHONPATH": str(root),
+                                                  "LLM_CACHE_DIR": str(tmp_path / "cache")})
+    text = out.read_text()
+    assert "| eager | per-step sync |" in text and "| eager | on device |" in text
+    assert "left the weights unchanged" in text
+    assert "| batch 1 |" in text and "| batch 32 |" in text and "serving engine:" in text

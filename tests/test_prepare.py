@@ -267,6 +267,7 @@ def test_the_step_dataclasses_hold_conf_data_defaults_yaml():
     defaults = OmegaConf.to_container(OmegaConf.load(f"{CONF_DIR}/data/_defaults.yaml"))
     assert defaults == {"weight": SourceConfig().weight, "mix": {}, "workers": DataConfig().workers,
                         "max_document_chars": DataConfig().max_document_chars, "clean": asdict(CleanConfig()),
+                        "decontaminate": DataConfig().decontaminate,
                         "dedup": asdict(DedupConfig()), "split": asdict(SplitConfig()),
                         "leakage": asdict(LeakageConfig())}
 
@@ -278,6 +279,10 @@ def test_the_step_dataclasses_hold_conf_data_defaults_yaml():
     (["data.dedup.near.threshold=3"], "data.dedup.near.threshold must be in (0, 1], got 3.0"),
     (["data.clean.unicode_form=NFX"], "data.clean.unicode_form must be one of"),
     (["data.leakage.ngram=0"], "data.leakage.ngram and data.leakage.max_hashes must be at least 1"),
+    (["data.dedup.min_line_chars=0"], "data.dedup.min_line_chars and data.dedup.max_hashes must be at least 1"),
+    (["data.split.containment=0"], "data.split.containment must be in (0, 1] or null, got 0.0"),
+    (["data.split.max_leakage=5"], "data.split.max_leakage must be in [0, 1] or null, got 5.0"),
+    (["data.split.on_leak=stop"], "data.split.on_leak must be warn or error, got 'stop'"),
     (["data.source=csv"], "data: source 'csv' is not known"),
     (["+data.mix.extra={source:jsonl}"], "data.mix.extra: a jsonl source needs paths="),
     (["+data.mix._extra={source:shakespeare}"], "data.mix: '_extra' must be letters"),

@@ -214,3 +214,23 @@ def test_a_prompt_longer_than_the_context_is_said_in_one_line(experiment):
     assert len(notes) == 1 and f"more than the model's context (block_size {block_size})" in notes[0], result.stderr
     short = llm(["generate", f"ckpt={first}", "prompt=a", "max_new_tokens=3"], outputs)
     assert "note:" not in short.stderr
+
+
+def test_a_model_folder_and_its_files_follow_the_umask(tmp_path):
+    """safetensors writes its files 0600; a model folder is shared like every other output."""
+    from tokenizers import Tokenizer, models
+
+    from lightning_llm.model.gpt import GPT, GPTConfig
+    from lightning_llm.model.io import new_manifest, save_artifact
+
+    tokenizer_json = Tokenizer(models.WordLevel({"a": 0, "<|unk|>": 1}, unk_token="<|unk|>")).to_str()
+    model = GPT(GPTConfig(block_size=8, n_layer=1, n_head=1, n_embd=8, vocab_size=2))
+    old = os.umask(0o022)
+    try:
+        out = save_artifact(model, tokenizer_json, tmp_path / "model",
+                            manifest=new_manifest(produced_by="test", tokenizer_json=tokenizer_json))
+    finally:
+        os.umask(old)
+    assert oct(out.stat().st_mode & 0o777) == "0o755"
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in out.iterdir()} == \
+        {p.name: "0o644" for p in out.iterdir()}

@@ -387,6 +387,26 @@ def test_concurrent_greedy_outputs_equal_one_at_a_time_outputs(servers):
     assert tokens / steps > 1.5  # they were decoded together, not one after another
 
 
+def test_tokens_that_come_together_share_a_chunk_with_all_their_logprobs(servers):
+    """serve.stream_interval (0.02 s by default): a stream's tokens go out in fewer chunks than
+    tokens, and each chunk carries the text and logprobs of all of its tokens."""
+    slow = servers["slow"]
+    body = {"model": "slow", "prompt": "ROMEO:", "max_tokens": 300, "temperature": 0, "logprobs": 1}
+    whole = httpx.post(slow.v1 + "/completions", json=body, timeout=120).json()
+    chunks = []
+    with httpx.stream("POST", slow.v1 + "/completions", json={**body, "stream": True}, timeout=120) as answer:
+        chunks = [json.loads(line[6:]) for line in answer.iter_lines() if line.startswith("data: {")]
+    choices = [c["choices"][0] for c in chunks]
+    tokens = [t for c in choices for t in c["logprobs"]["tokens"]]
+    assert "".join(c["text"] for c in choices) == whole["choices"][0]["text"]
+    assert tokens == whole["choices"][0]["logprobs"]["tokens"]
+    assert [lp for c in choices for lp in c["logprobs"]["token_logprobs"]] == \
+        pytest.approx(whole["choices"][0]["logprobs"]["token_logprobs"], abs=1e-4)
+    offsets = [o for c in choices for o in c["logprobs"]["text_offset"]]
+    assert offsets == whole["choices"][0]["logprobs"]["text_offset"]
+    assert len(tokens) >= 200 and len(chunks) < len(tokens) / 3, (len(chunks), len(tokens))
+
+
 def test_a_client_that_disconnects_cancels_its_generation(servers):
     slow = servers["slow"]
     body = {"model": "slow", "prompt": "ROMEO:", "max_tokens": 500, "temperature": 0}

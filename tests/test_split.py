@@ -96,3 +96,27 @@ def test_weights_repeat_or_subsample_train_documents_reproducibly():
     assert set(half) == {0, 1} and abs(sum(half) / len(ids) - 0.5) < 0.03
     assert half == [copies(i, 0.5, seed=0) for i in ids]
     assert abs(sum(copies(i, 1.25, seed=0) for i in ids) / len(ids) - 1.25) < 0.03
+
+
+def test_containment_pairs_keep_an_excerpt_with_its_source_in_every_seed():
+    """An excerpt (a third of a long text) and its source are far apart as wholes; the containment
+    pair joins them, and the split keeps them together whatever the seed."""
+    import random
+
+    from lightning_llm.data.dedup import containment_pairs
+    from lightning_llm.data.ngrams import ngram_hashes, word_units
+
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(5000)]
+    texts = [" ".join(rng.choice(words) for _ in range(300)) for _ in range(60)]
+    texts.append(" ".join(texts[0].split()[:100]))  # document 60 is a third of document 0
+    docs = [Document(f"d{i:02d}", t, "toy", {"genre": GENRES[i % 4]}) for i, t in enumerate(texts)]
+    pairs = containment_pairs([ngram_hashes(word_units(t), 13) for t in texts], 0.5, max_docs=16)
+    assert [(a, b) for a, b, _ in pairs] == [(0, 60)] and pairs[0][2] == 1.0
+    apart = 0
+    for seed in range(30):
+        together = assignment(split_documents(docs, SplitConfig(seed=seed), near_pairs=[(0, 60)]))
+        assert together["d00"] == together["d60"]
+        alone = assignment(split_documents(docs, SplitConfig(seed=seed)))
+        apart += alone["d00"] != alone["d60"]
+    assert apart > 0  # without the pair, some seeds part them

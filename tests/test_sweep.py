@@ -17,7 +17,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import compose_config
+from conftest import LLM, compose_config, llm, llm_env
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
@@ -32,7 +32,6 @@ from lightning_llm.sweep.study import (
     with_installed_driver,
 )
 
-LLM = [sys.executable, "-m", "lightning_llm.cli"]
 TINY = ["model=gpt-nano", "trainer.max_steps=10", "trainer.val_check_interval=5", "val_windows=8",
         "optim.scheduler.warmup_steps=2", "callbacks.samples.max_new_tokens=5", "trainer.log_every_n_steps=5"]
 GOOD_LR, BAD_LR = 0.02, 1e-6  # after 5 steps: a clearly lower val loss, and next to none learned
@@ -47,20 +46,9 @@ def outputs(tmp_path, cache_root, prepared):
     return root
 
 
-def llm(args, outputs: Path, check=True):
-    result = subprocess.run(LLM + args, capture_output=True, text=True, env=environment(outputs), timeout=300)
-    if check and result.returncode != 0:
-        raise AssertionError(f"llm {' '.join(args)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
-    return result
-
-
 def start(args, outputs: Path) -> subprocess.Popen:
     return subprocess.Popen(LLM + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=environment(outputs))
-
-
-def environment(outputs: Path) -> dict:
-    return {**os.environ, "LLM_OUTPUT_ROOT": str(outputs), "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+                            env=llm_env(outputs))
 
 
 def write_sweep(path: Path, search_space: dict, sampler: dict, pruner: dict | None = None, **keys) -> str:
@@ -76,7 +64,7 @@ def load(outputs: Path, name: str, storage: str | None = None) -> optuna.Study:
 
 
 def test_a_grid_sweep_prunes_the_bad_trials_resumes_and_reports_a_best_yaml_that_trains(tmp_path, outputs,
-                                                                                          monkeypatch, caplog):
+                                                                                          monkeypatch, caplog, capfd):
     """Two grid points learn (val loss about 3.4 at step 5) and two learn next to nothing (4.52, the
     loss of a uniform guess): the threshold pruner stops those at the first validation, whatever
     order the grid runs in. The study runs 2 trials, then is continued to 4."""
@@ -89,6 +77,8 @@ def test_a_grid_sweep_prunes_the_bad_trials_resumes_and_reports_a_best_yaml_that
     assert sweep_in_process([*command, "n_trials=2"], outputs, monkeypatch) == 0
     assert len(load(outputs, "grid").trials) == 2
     assert sweep_in_process([*command, "n_trials=4"], outputs, monkeypatch) == 0  # continued to 4 in all
+    shown = capfd.readouterr()
+    assert "Epoch 0" not in shown.out + shown.err  # one progress bar, Optuna's: no trial draws its own
 
     trials = load(outputs, "grid").trials
     assert len(trials) == 4
@@ -403,3 +393,28 @@ def sweep_in_process(args: list[str], outputs: Path, monkeypatch) -> int:
     except SystemExit as exit:
         return exit.code
     return 0
+
+
+@pytest.mark.parametrize("n_trials, importances_shown", [(4, False), (12, True)])
+def test_the_report_draws_the_slice_plot_and_importances_only_from_ten_trials(tmp_path, n_trials,
+                                                                                importances_shown):
+    """A study of a known function (no training): below ten completed trials the report says why it
+    shows no importances and draws none; from ten it shows them, and x, which drives y, ranks first."""
+    from lightning_llm.sweep.report import write_report
+
+    spec = SweepSpec(study_name="slice", search_space={"x": Dimension(type="float", low=0.0, high=1.0),
+                                                       "noise": Dimension(type="float", low=0.0, high=1.0)},
+                     n_trials=n_trials)
+    study = optuna.create_study(study_name="slice", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.set_user_attr("definition", {"objective": {"metric": "best_val/loss"}})
+    study.optimize(lambda t: 10 * t.suggest_float("x", 0, 1) + 0.01 * t.suggest_float("noise", 0, 1),
+                   n_trials=n_trials)
+    report = write_report(study, spec, tmp_path, "sqlite:///study.db").read_text()
+    assert (tmp_path / "slice.png").read_bytes()[:4] == b"\x89PNG" and "](slice.png)" in report
+    section = report.split("## Parameter importances", 1)[1].split("##", 1)[0]
+    if importances_shown:
+        rows = [line for line in section.splitlines() if line.startswith("| `")]
+        assert rows[0].startswith("| `x`") and (tmp_path / "param_importances.png").is_file()
+    else:
+        assert "not shown: 4 completed trials, and importances are computed from 10 or more" in section
+        assert not (tmp_path / "param_importances.png").exists()

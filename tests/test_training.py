@@ -184,3 +184,86 @@ def test_every_rank_of_a_torchrun_or_slurm_job_names_the_same_run_dir(monkeypatc
     overrides = shared_run_dir(["model=gpt-nano"])
     assert (overrides[0].endswith(expected) if expected else overrides == [])
     assert shared_run_dir(["hydra.run.dir=/x"]) == []
+
+
+# ---- the researcher's loop: a short run has results, config a Lightning user expects ------
+
+def test_a_short_run_validates_at_its_last_step_and_loads_back(tmp_path, cache_root, prepared):
+    """max_steps below val_check_interval: validated at the end anyway, so a val metric, best.ckpt and
+    loss.png (learning rate panel included) exist; a Lightning user's load_from_checkpoint works."""
+    import matplotlib.image
+
+    from lightning_llm.errors import UserError
+    from lightning_llm.training.module import LanguageModel
+
+    run_dir, result = train_in_process(tmp_path, cache_root, ["trainer.max_steps=7", "trainer.val_check_interval=500",
+                                                              "trainer.limit_val_batches=2"])
+    assert list(column(metrics(run_dir), "val/loss")) == [6]  # once, at the last step (Lightning counts from 0)
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["steps"] == 7 and record["metrics"]["best_val/loss"] == pytest.approx(result["val/loss"], abs=1e-5)
+    assert (run_dir / "checkpoints/best.ckpt").is_file()
+    height, width, _ = matplotlib.image.imread(run_dir / "plots/loss.png").shape
+    assert height > 0.7 * width  # two panels: the loss, and below it the learning rate
+
+    model = LanguageModel.load_from_checkpoint(run_dir / "checkpoints/best.ckpt")
+    saved = torch.load(run_dir / "checkpoints/best.ckpt", weights_only=True)
+    assert model.tokenizer_json == saved["tokenizer_json"]
+    assert all(torch.equal(value, model.state_dict()[key]) for key, value in saved["state_dict"].items())
+    with pytest.raises(UserError, match="weights_only=True only"):
+        LanguageModel.load_from_checkpoint(run_dir / "checkpoints/best.ckpt", weights_only=False)
+
+
+def test_debug_fast_runs_lightnings_fast_dev_run_without_plus(tmp_path, cache_root, prepared):
+    run_dir, _ = train_in_process(tmp_path, cache_root, ["debug=fast"])
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["steps"] == 2 and record["overrides"]["trainer"]["fast_dev_run"] == 2
+    assert not (run_dir / "metrics.csv").exists()  # fast_dev_run keeps no log
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["debug=overfit"], {"overfit_batches": 1}),
+    (["debug=profile"], {"max_steps": 50}),
+    (["trainer.fast_dev_run=true", "trainer.limit_val_batches=4", "trainer.overfit_batches=2",
+      "trainer.profiler=simple"], {"fast_dev_run": True, "limit_val_batches": 4, "overfit_batches": 2,
+                                   "profiler": "simple"}),
+])
+def test_lightning_flags_and_the_debug_group_compose_without_plus(overrides, expected):
+    cfg = compose_config("train", overrides)
+    assert {key: cfg.trainer[key] for key in expected} == expected
+    if overrides == ["debug=profile"]:
+        assert cfg.trainer.profiler._target_ == "lightning.pytorch.profilers.SimpleProfiler"
+
+
+def test_logger_none_keeps_only_the_csv_log():
+    assert set(compose_config("train", ["logger=none"]).logger) == {"csv"}
+    assert set(compose_config("train", ["logger=many", "logger=none"]).logger) == {"csv"}
+
+
+def test_tensorboard_and_wandb_get_the_loss_plot_as_an_image_and_the_samples(tmp_path, cache_root, prepared):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    (outputs / "data").symlink_to(cache_root)
+    run_dir = tmp_path / "run"
+    llm(["train", *TINY, "logger=many", "trainer.max_steps=4", "trainer.val_check_interval=4",
+         "callbacks.samples.max_new_tokens=8", f"hydra.run.dir={run_dir}"], outputs,
+        env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0, "tensors": 0}).Reload()
+    assert "plots/loss" in events.Tags()["images"]
+    assert any(tag.startswith("samples") for tag in events.Tags()["tensors"])
+    run_id = (run_dir / "wandb_run_id").read_text()
+    record = next((run_dir / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")).read_bytes()
+    assert b"plots/loss" in record and b"samples" in record and b"table-file" in record
+    assert list((run_dir / "wandb").glob(f"offline-run-*-{run_id}/files/media/images/plots/loss_*.png"))
+
+
+def test_wandb_run_names_are_unique_and_a_multirun_is_one_group(tmp_path):
+    from lightning_llm.training.callbacks import wandb_names
+
+    single = wandb_names(tmp_path / "exp" / "2026-12-03_07-14-54_19892", "exp")
+    assert single == ("exp-2026-12-03_07-14-54_19892", "exp")
+    jobs = [wandb_names(tmp_path / "exp" / "multirun_2026-12-03_07-14-54_19892" / str(n), "exp") for n in (0, 1)]
+    assert jobs[0][0] != jobs[1][0] and jobs[0][1] == jobs[1][1] == "exp-multirun_2026-12-03_07-14-54_19892"
+    cfg = compose_config("train", ["logger=wandb"])
+    assert cfg.logger.wandb.name is None and cfg.logger.wandb.group is None  # filled from the run dir by build

@@ -49,6 +49,9 @@ def test_the_wheel_holds_every_package_and_the_config_tree(wheel_venv):
     assert source <= shipped, f"packages missing from the wheel (list them in pyproject.toml): {source - shipped}"
     for yaml in [*REPO.glob("conf/**/*.yaml"), *REPO.glob("sweeps/*.yaml")]:
         assert f"lightning_llm/{yaml.relative_to(REPO)}" in names, yaml
+    for data in (REPO / "lightning_llm").rglob("*"):  # files that are not Python: the playground page
+        if data.is_file() and data.suffix not in (".py", ".pyc"):
+            assert str(data.relative_to(REPO)) in names, f"{data} is not in the wheel (pyproject package-data)"
 
 
 def test_the_installed_wheel_runs_from_any_folder(wheel_venv, tmp_path):

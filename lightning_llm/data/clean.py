@@ -73,16 +73,30 @@ def fix_unicode(text: str) -> str:
 
 def strip_gutenberg(text: str) -> str:
     """Keep the lines between the Gutenberg start and end markers, minus inline licence notes."""
+    kept, at = [], 0
+    for start, end in gutenberg_spans(text):
+        kept.append(text[at:start])
+        at = end
+    return "".join(kept) + text[at:]
+
+
+def gutenberg_spans(text: str) -> list[tuple[int, int]]:
+    """The character spans strip_gutenberg removes, in order: the header through the line of the
+    last start marker, inline licence notes, and the end marker's line on. (The RAG index blanks
+    them instead, keeping line numbers.)"""
     if "<<" not in text and "gutenberg" not in text.lower():  # no marker can match: skip the regexes
-        return text
+        return []
+    begin, stop = 0, len(text)
     starts = list(_GUTENBERG_START.finditer(text))
     if starts:
         line_end = text.find("\n", starts[-1].end())
-        text = text[line_end + 1:] if line_end >= 0 else ""
-    end = _GUTENBERG_END.search(text)
+        begin = line_end + 1 if line_end >= 0 else len(text)
+    end = _GUTENBERG_END.search(text, begin)
     if end:
-        text = text[:text.rfind("\n", 0, end.start()) + 1]
-    return _LICENCE_BLOCK.sub("", text)
+        stop = text.rfind("\n", begin, end.start()) + 1 or begin
+    spans = [(0, begin)] if begin else []
+    spans += [m.span() for m in _LICENCE_BLOCK.finditer(text, begin, stop)]
+    return spans + ([(stop, len(text))] if stop < len(text) else [])
 
 
 def strip_control(text: str) -> str:

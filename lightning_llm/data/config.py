@@ -43,6 +43,8 @@ class DataConfig(SourceConfig):
     dedup: DedupConfig | None = None
     split: SplitConfig | None = None
     leakage: LeakageConfig = field(default_factory=LeakageConfig)
+    # evaluation files (text, or JSONL string fields) whose word n-grams are cut out of the corpus
+    decontaminate: list[str] = field(default_factory=list)
     workers: int = 0  # processes for cleaning and hashing (0: one per core); not part of the cache key
 
     def __post_init__(self):

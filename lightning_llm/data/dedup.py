@@ -9,7 +9,6 @@ document (`action: drop`).
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,6 +16,9 @@ import xxhash
 
 NEAR_ACTIONS = ("group", "drop")
 _SCHEME = "affine32"
+_PAIR_CHUNK = 1 << 20  # document pairs counted per step of containment_pairs
+_SHARD_BITS = 3  # containment_pairs counts the n-grams in 8 shards by their top 3 bits
+_SHARDS = 1 << _SHARD_BITS
 _CHUNK = 1 << 14  # shingles per step: bounds the (num_perm x shingles) work array to a few MB
 
 
@@ -44,7 +46,18 @@ class NearDedupConfig:
 @dataclass
 class DedupConfig:
     exact: bool = True  # drop a document whose normalised text (case, whitespace) was seen before
+    # Lines and paragraphs (case and whitespace normalised, so rewrapped text matches) that an
+    # earlier document held are cut out (spans.py); shorter ones are never cut. 64: on the built-in
+    # corpus the longest line repeated across documents has 61 characters (bench/data_prep.py spans).
+    lines: bool = True
+    paragraphs: bool = True
+    min_line_chars: int = 64
+    max_hashes: int = 1 << 24  # lines and paragraphs remembered, 8 bytes each; past it only checked
     near: NearDedupConfig = field(default_factory=NearDedupConfig)
+
+    def __post_init__(self):
+        if self.min_line_chars < 1 or self.max_hashes < 1:
+            raise ValueError("data.dedup.min_line_chars and data.dedup.max_hashes must be at least 1")
 
 
 def exact_key(text: str) -> bytes:
@@ -116,8 +129,15 @@ class NearDuplicates:
         self.keys.append(key)
 
     def pairs(self) -> list[tuple[int, int, float]]:
-        """(key, later key, estimated Jaccard) for every pair at or above the threshold."""
-        signatures, candidates = self.signatures[:len(self.keys)], set()
+        """(key, later key, estimated Jaccard) for every pair at or above the threshold: every pair
+        of documents that agree on a whole band, as MinHashLSH's query would propose them (a test
+        holds the two equal), however many share a bucket. Buckets of up to 32 documents list
+        their pairs, which are deduplicated over the bands before they are compared; a larger one
+        (thousands of copies of a page) is compared block by block, keeping only the pairs that
+        pass, so its k(k-1)/2 candidates never sit in memory at once."""
+        signatures = self.signatures[:len(self.keys)]
+        threshold = self.config.threshold
+        candidates, passed = [], []
         for band in range(self.bands):
             columns = signatures[:, band * self.rows:(band + 1) * self.rows].astype(np.uint64)
             band_hash = np.zeros(len(columns), dtype=np.uint64)
@@ -128,20 +148,87 @@ class NearDuplicates:
             ordered = band_hash[order]
             first = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
             sizes = np.diff(np.append(first, len(ordered)))
-            for start, size in zip(first[sizes > 1].tolist(), sizes[sizes > 1].tolist()):
-                members = sorted(order[start:start + size].tolist())
-                if size <= 32:
-                    candidates.update(itertools.combinations(members, 2))
-                else:  # a crowded bucket: its first member stands for it
-                    candidates.update((members[0], m) for m in members[1:])
-        if not candidates:
-            return []
-        a, b = np.array(sorted(candidates)).T
+            for size in np.unique(sizes[(sizes > 1) & (sizes <= 32)]).tolist():
+                p, q = np.triu_indices(size, 1)
+                starts = first[sizes == size][:, None]
+                a, b = order[starts + p], order[starts + q]
+                candidates.append(np.minimum(a, b).ravel() * len(signatures) + np.maximum(a, b).ravel())
+            for start, size in zip(first[sizes > 32].tolist(), sizes[sizes > 32].tolist()):
+                passed.append(self._crowded_bucket(signatures, np.sort(order[start:start + size])))
+        keys = np.unique(np.concatenate(candidates)) if candidates else np.empty(0, dtype=np.int64)
+        a, b = keys // max(len(signatures), 1), keys % max(len(signatures), 1)
         similarity = np.concatenate([(signatures[a[i:i + 4096]] == signatures[b[i:i + 4096]]).mean(axis=1)
-                                     for i in range(0, len(a), 4096)])
-        keys = self.keys
-        return [(keys[i], keys[j], round(float(s), 4)) for i, j, s in zip(a.tolist(), b.tolist(), similarity.tolist())
-                if s >= self.config.threshold]
+                                     for i in range(0, len(a), 4096)]) if len(a) else np.empty(0)
+        found = {(i, j): s for i, j, s in zip(a.tolist(), b.tolist(), similarity.tolist()) if s >= threshold}
+        for block in passed:
+            found.update(block)
+        return [(self.keys[i], self.keys[j], round(float(s), 4)) for (i, j), s in sorted(found.items())]
+
+    def _crowded_bucket(self, signatures: np.ndarray, members: np.ndarray) -> dict:
+        """The pairs of a bucket's members (sorted indices) at or above the threshold."""
+        out = {}
+        block = max(1, (1 << 22) // (len(members) * signatures.shape[1]))  # rows x members x num_perm <= 4M
+        for i in range(0, len(members), block):
+            rows = members[i:i + block]
+            similarity = (signatures[rows][:, None, :] == signatures[members][None, :, :]).mean(axis=2)
+            for r, c in zip(*np.nonzero(similarity >= self.config.threshold)):
+                if rows[r] < members[c]:
+                    out[(int(rows[r]), int(members[c]))] = float(similarity[r, c])
+        return out
+
+
+def containment_pairs(per_doc: list[np.ndarray], threshold: float, max_docs: int) -> list[tuple[int, int, float]]:
+    """Pairs of documents (a < b) that share at least `threshold` of the distinct n-gram hashes
+    of the one that has fewer, with that share: a document that is mostly a part of another
+    joins it, however unlike the two are as wholes (whole-document Jaccard misses it).
+
+    Exact on the hashes given (the leakage check's sample, hash-sampled under its cap, so the
+    shares estimate those of all n-grams). An n-gram held by more than `max_docs` documents is
+    a template, not kinship, and is not counted: grouping on it would make one group of the
+    corpus (line and paragraph dedup remove templates, the leakage gate reports what is left).
+    Memory: the hashes are counted in _SHARDS shards by their top bits (n-gram hashing in
+    shards; each array of per_doc is sorted in place first): besides the hashes given, one
+    shard's copy (an eighth of them) and the
+    distinct pairs of documents that share any, counted in steps of at most _PAIR_CHUNK keys."""
+    n = len(per_doc)
+    if not n:
+        return []
+    size = np.zeros(n, dtype=np.int64)
+    keys, shared = np.empty(0, dtype=np.int64), np.empty(0)
+    for h in per_doc:
+        h.sort()  # in place: then each shard is a slice of each array
+    bounds = np.array([s << (64 - _SHARD_BITS) for s in range(1, _SHARDS)], dtype=np.uint64)
+    cuts = [np.concatenate(([0], np.searchsorted(h, bounds), [len(h)])) for h in per_doc]
+    cuts = np.array(cuts)
+    for shard in range(_SHARDS):
+        lengths = cuts[:, shard + 1] - cuts[:, shard]
+        if not lengths.sum():
+            continue
+        hashes = np.concatenate([h[c[shard]:c[shard + 1]] for h, c in zip(per_doc, cuts)])
+        owner = np.repeat(np.arange(n, dtype=np.int64), lengths)
+        order = np.argsort(hashes, kind="stable")  # stable: each hash's holders stay in document order
+        hashes, owner = hashes[order], owner[order]
+        del order
+        once = np.concatenate(([True], (hashes[1:] != hashes[:-1]) | (owner[1:] != owner[:-1])))
+        hashes, owner = hashes[once], owner[once]  # a document's repeated n-gram counts once
+        size += np.bincount(owner, minlength=n)
+        first = np.flatnonzero(np.concatenate(([True], hashes[1:] != hashes[:-1])))
+        holders = np.diff(np.append(first, len(hashes)))
+        del hashes
+        for k in np.unique(holders[(holders > 1) & (holders <= max_docs)]).tolist():
+            p, q = np.triu_indices(k, 1)
+            groups = first[holders == k]
+            step = max(1, _PAIR_CHUNK // len(p))  # n-grams per step: at most _PAIR_CHUNK pair keys at once
+            for i in range(0, len(groups), step):
+                starts = groups[i:i + step, None]
+                new, count = np.unique((owner[starts + p] * n + owner[starts + q]).ravel(), return_counts=True)
+                keys, inverse = np.unique(np.concatenate([keys, new]), return_inverse=True)
+                shared = np.bincount(inverse, weights=np.concatenate([shared, count]), minlength=len(keys))
+    if not len(keys):
+        return []
+    a, b = keys // n, keys % n
+    share = shared / np.minimum(size[a], size[b])
+    return [(i, j, round(float(s), 4)) for i, j, s in zip(a.tolist(), b.tolist(), share.tolist()) if s >= threshold]
 
 
 def components(n: int, pairs: list[tuple[int, int]]) -> np.ndarray:

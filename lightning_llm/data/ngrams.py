@@ -93,3 +93,14 @@ def mix64(h: np.ndarray) -> np.ndarray:
         h = h ^ (h >> np.uint64(33))
         h = h * np.uint64(0xC4CEB9FE1A85EC53)
         return h ^ (h >> np.uint64(33))
+
+
+def word_bounds(text: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """Where each word of `word_units(text)` starts and ends in the text (character offsets), or
+    None for a text whose lowercase form has another length (a few letters, like 'İ', lowercase
+    to two code points), where offsets in one are not offsets in the other."""
+    lowered = text.lower()
+    if len(lowered) != len(text):
+        return None
+    edges = np.diff(is_alnum(code_points(lowered)).astype(np.int8), prepend=0, append=0)
+    return np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)

@@ -8,7 +8,7 @@ Memory stays bounded by a buffer, not by the corpus: documents stream from the s
 (none longer than data.max_document_chars) through worker processes (cleaning, hashing,
 MinHash), and the kept texts go to a spool file in the build folder (corpus.py). What stays
 in memory per document is small: its id, metadata, MinHash signature and a capped sample of
-n-gram hashes. The spool is then read twice: once to train the tokenizer on the train split,
+n-gram hashes; and per distinct long line or paragraph one 8-byte hash, capped (spans.py). The spool is then read twice: once to train the tokenizer on the train split,
 once to write the shards. Each step returns its results and its part of the report;
 `build` runs them in order and writes the report.
 
@@ -31,46 +31,57 @@ import shutil
 import socket
 import sys
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer
 from tqdm import tqdm
 
 from lightning_llm.artifacts import write_json
 from lightning_llm.data import clean, ngrams
 from lightning_llm.data.config import DataConfig
 from lightning_llm.data.corpus import Clock, Corpus, in_batches, worker_pool
-from lightning_llm.data.dedup import NearDuplicates, Signer, components, exact_key, labels_to_groups
+from lightning_llm.data.decontaminate import EvalNgrams, eval_files
+from lightning_llm.data.dedup import NearDuplicates, Signer, components, containment_pairs, exact_key, labels_to_groups
 from lightning_llm.data.documents import Document
 from lightning_llm.data.leakage import NgramSample
 from lightning_llm.data.prepared import PreparedData
 from lightning_llm.data.report import write_report
 from lightning_llm.data.shards import write_shards
-from lightning_llm.data.sources import Skipped, fingerprint, input_bytes, read_source
+from lightning_llm.data.sources import Skipped, file_stamp, fingerprint, input_bytes, read_source
+from lightning_llm.data.spans import SpanDeduper, span_hashes
 from lightning_llm.data.split import MISSING, SPLITS, SplitConfig, assign_splits, split_of_documents
 from lightning_llm.data.tokenizer import TokenizerConfig, train_tokenizer
 from lightning_llm.errors import UserError
 
 log = logging.getLogger(__name__)
-PIPELINE_VERSION = 4  # bump when a step's output changes for the same config
+PIPELINE_VERSION = 5  # bump when a step's output changes for the same config
 _BATCH_BYTES = 1 << 19  # documents per worker task, by size
 _BUILDING = re.compile(r"\..+\.build-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8}")  # a build folder's name
 
 
-def cache_key(data: DataConfig, tokenizer: TokenizerConfig) -> str:
+def cache_key(data: DataConfig, tokenizer: TokenizerConfig, *, tokenizer_json: str | None = None) -> str:
+    """With tokenizer_json (a given tokenizer, not trained here: fine-tuning keeps its base model's),
+    the key covers that tokenizer's content instead of the knobs that would train one."""
     config = asdict(data)
     del config["workers"]
-    payload = {"version": PIPELINE_VERSION, "data": config, "tokenizer": tokenizer.identity(),
-               "sources": {name: fingerprint(source) for name, source in data.sources().items()}}
+    identity = tokenizer.identity() if tokenizer_json is None else \
+        {"given": hashlib.sha256(tokenizer_json.encode()).hexdigest()}
+    payload = {"version": PIPELINE_VERSION, "data": config, "tokenizer": identity,
+               "sources": {name: fingerprint(source) for name, source in data.sources().items()},
+               "decontaminate": [file_stamp(path) for path in eval_files(data.decontaminate)]}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def prepare(data: DataConfig, tokenizer: TokenizerConfig, cache_root: str | Path) -> PreparedData:
-    """Return the prepared folder for this config, building it only if it is not cached."""
+def prepare(data: DataConfig, tokenizer: TokenizerConfig, cache_root: str | Path, *,
+            tokenizer_json: str | None = None) -> PreparedData:
+    """Return the prepared folder for this config, building it only if it is not cached.
+    tokenizer_json: encode with this tokenizer instead of training one (its folder has its own hash)."""
     cache_root = Path(cache_root)
-    target = cache_root / f"{data.name}-{cache_key(data, tokenizer)}"
+    target = cache_root / f"{data.name}-{cache_key(data, tokenizer, tokenizer_json=tokenizer_json)}"
     if (target / "meta.json").exists():
         log.info("prepared data: reusing %s", target)
         return PreparedData(target)
@@ -81,7 +92,7 @@ def prepare(data: DataConfig, tokenizer: TokenizerConfig, cache_root: str | Path
     work = cache_root / f".{target.name}.build-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
     work.mkdir()
     try:
-        build(data, tokenizer, work)
+        build(data, tokenizer, work, tokenizer_json=tokenizer_json)
         try:
             os.rename(work, target)
         except OSError:  # another process finished the same folder first: theirs is as good
@@ -126,24 +137,41 @@ class Outcome:
     changes: dict[str, int]  # transform -> characters removed
     failed: tuple[str, float] | None  # the filter it failed, and the value
     exact: bytes | None = None
+    spans: tuple | None = None  # line and paragraph hashes (spans.span_hashes)
     signature: np.ndarray | None = None
     ngrams: np.ndarray | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
 
 class DocumentProcessor:
-    """The per-document work that runs in the worker processes: clean, filter, hash."""
+    """The per-document work that runs in the worker processes: clean, filter, hash.
+
+    Without line/paragraph dedup one call does it all (`__call__`). With it, the work comes in
+    two halves around the main process's decision of what to cut: `clean_batch` (clean, filter,
+    exact key, line and paragraph hashes), then `hash_batch` on the cut texts (MinHash, n-grams)."""
 
     def __init__(self, data: DataConfig):
-        self.clean_config, self.exact = data.clean, data.dedup.exact
+        self.clean_config, self.exact, self.dedup = data.clean, data.dedup.exact, data.dedup
         self.near = data.dedup.near if data.dedup.near.enabled else None
         self.signer = Signer(self.near.num_perm, self.near.seed) if self.near else None
-        self.leakage_ngram = data.leakage.ngram if data.leakage.enabled else None
+        wants_ngrams = data.leakage.enabled or data.split.containment is not None or data.decontaminate
+        self.leakage_ngram = data.leakage.ngram if wants_ngrams else None
 
     def __call__(self, batch: list[Document]) -> list[Outcome]:
         return [self.process(doc) for doc in batch]
 
-    def process(self, doc: Document) -> Outcome:
+    def clean_batch(self, batch: list[Document]) -> list[Outcome]:
+        return [self.process(doc, hashes=False) for doc in batch]
+
+    def hash_batch(self, texts: list[str]) -> list[tuple]:
+        out = []
+        for text in texts:
+            clock = Clock()
+            signature, grams = self.hashes(text, clock)
+            out.append((signature, grams, clock.seconds))
+        return out
+
+    def process(self, doc: Document, hashes: bool = True) -> Outcome:
         clock = Clock()
         raw_bytes = len(doc.text.encode("utf-8"))
         text, changes = clean.transform(doc.text, self.clean_config)
@@ -156,17 +184,27 @@ class DocumentProcessor:
         if self.exact:
             out.exact = exact_key(text)
             clock.lap("exact_dedup")
+        if hashes:
+            out.signature, out.ngrams = self.hashes(text, clock)
+        else:
+            out.spans = span_hashes(text, self.dedup.min_line_chars, self.dedup.lines, self.dedup.paragraphs)
+            clock.lap("line_dedup")
+        out.seconds = clock.seconds
+        return out
+
+    def hashes(self, text: str, clock: Clock) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The MinHash signature and the word n-gram hashes (each None when not wanted)."""
+        signature = grams = None
         words = ngrams.word_units(text) if self.leakage_ngram or (self.near and self.near.unit == "word") else None
         if self.near:
             units = words if self.near.unit == "word" else ngrams.char_units(text)
-            out.signature = self.signer.signature(ngrams.ngram_hashes(units, self.near.ngram))
+            signature = self.signer.signature(ngrams.ngram_hashes(units, self.near.ngram))
             clock.lap("near_dedup")
         if self.leakage_ngram:
-            out.ngrams = ngrams.ngram_hashes(words, self.leakage_ngram) if len(words) >= self.leakage_ngram \
+            grams = ngrams.ngram_hashes(words, self.leakage_ngram) if len(words) >= self.leakage_ngram \
                 else np.empty(0, dtype=np.uint64)
             clock.lap("leakage")
-        out.seconds = clock.seconds
-        return out
+        return signature, grams
 
 
 def unique_ids(docs: Iterable[Document], prefix: bool, renamed: list[str]) -> Iterator[Document]:
@@ -189,8 +227,9 @@ def unique_ids(docs: Iterable[Document], prefix: bool, renamed: list[str]) -> It
 def read_clean_dedup(data: DataConfig, spool: Path, clock: Clock
                      ) -> tuple[Corpus, NearDuplicates | None, NgramSample | None, dict, dict]:
     """Step 1, streaming: every document is read, cleaned, filtered, hashed, and dropped if its
-    text was seen before; the kept ones go to the spool. Returns the corpus, the near-duplicate
-    signatures, the n-gram sample, and the report's `read` and `clean` sections."""
+    text was seen before; lines and paragraphs an earlier document held are cut out, and so is
+    evaluation text (data.decontaminate); the kept documents go to the spool. Returns the corpus,
+    the near-duplicate signatures, the n-gram sample, and the report's `read` and `clean` sections."""
     sources = data.sources()
     skipped, renamed = Skipped(), []
     docs = unique_ids(itertools.chain.from_iterable(read_source(name, source, skipped, data.max_document_chars)
@@ -199,7 +238,12 @@ def read_clean_dedup(data: DataConfig, spool: Path, clock: Clock
     sizes = [input_bytes(source) for source in sources.values()]
     corpus = Corpus(spool)
     near = NearDuplicates(data.dedup.near) if data.dedup.near.enabled else None
-    sample = NgramSample(data.leakage.max_hashes) if data.leakage.enabled else None
+    wants_sample = data.leakage.enabled or data.split.containment is not None
+    sample = NgramSample(data.leakage.max_hashes) if wants_sample else None
+    spans = SpanDeduper(min_chars=data.dedup.min_line_chars, max_hashes=data.dedup.max_hashes) \
+        if data.dedup.lines or data.dedup.paragraphs else None
+    evals = EvalNgrams(data.decontaminate, data.leakage.ngram) if data.decontaminate else None
+    processor = DocumentProcessor(data)
     read = {name: {"documents": 0, "bytes": 0} for name in sources}
     long_documents = {"max_document_chars": data.max_document_chars, "documents": 0, "pieces": 0, "examples": []}
     changed = {name: {"documents": 0, "chars_removed": 0} for name in clean.TRANSFORMS if getattr(data.clean, name)}
@@ -211,11 +255,17 @@ def read_clean_dedup(data: DataConfig, spool: Path, clock: Clock
         if len(entry["examples"]) < 20:
             entry["examples"].append(example)
 
+    def too_little(text: str) -> tuple[str, float] | None:
+        return clean.failed_filter(text, data.clean) or (None if text.strip() else ("empty", 0))
+
     first_of: dict[bytes, str] = {}
     bar = tqdm(total=None if None in sizes else sum(sizes), unit="B", unit_scale=True, desc="clean+dedup",
                disable=None, file=sys.stderr)
-    with worker_pool(data.workers) as run:
-        for outcomes in run(DocumentProcessor(data), in_batches(docs, lambda d: len(d.text), _BATCH_BYTES)):
+
+    def first_pass(batches: Iterable[list[Outcome]]) -> Iterator[list[Outcome]]:
+        """Count, filter, drop exact copies and cut repeated lines, in corpus order."""
+        for outcomes in batches:
+            kept = []
             for out in outcomes:
                 doc = out.doc
                 clock.add(out.seconds)
@@ -234,16 +284,58 @@ def read_clean_dedup(data: DataConfig, spool: Path, clock: Clock
                 if out.failed:
                     drop(out.failed[0], {"id": doc.id, "value": out.failed[1]})
                     continue
+                if out.exact is not None and out.exact in first_of:
+                    drop("exact_duplicate", {"id": doc.id, "of": first_of[out.exact]})
+                    continue
+                if spans:
+                    text, commit = spans.apply(doc.id, doc.text, out.spans)
+                    if text is not doc.text:
+                        failed = too_little(text)
+                        if failed:  # its lines are not remembered: the next document holding them keeps them
+                            drop("repeated_lines", {"id": doc.id, "value": f"{failed[0]} {failed[1]} after the cut"})
+                            continue
+                        doc.text = text
+                    spans.commit(commit)
                 if out.exact is not None:
-                    if out.exact in first_of:
-                        drop("exact_duplicate", {"id": doc.id, "of": first_of[out.exact]})
-                        continue
                     first_of[out.exact] = doc.id
-                index = corpus.add(doc)
-                if near:
-                    near.add(index, out.signature)
-                if sample:
-                    sample.add(out.ngrams)
+                kept.append(out)
+            if kept:
+                yield kept
+
+    def keep(out: Outcome) -> None:
+        doc = out.doc
+        if evals and evals.matches(out.ngrams):
+            doc.text = evals.scrub(doc.id, doc.text)
+            failed = too_little(doc.text)
+            if failed:
+                evals.counts["documents_dropped"] += 1
+                drop("decontaminated", {"id": doc.id, "value": f"{failed[0]} {failed[1]} after the cut"})
+                return
+            out.signature, out.ngrams = processor.hashes(doc.text, Clock())
+        index = corpus.add(doc)
+        if near:
+            near.add(index, out.signature)
+        if sample:
+            sample.add(out.ngrams)
+
+    with worker_pool(data.workers) as run:
+        batches = in_batches(docs, lambda d: len(d.text), _BATCH_BYTES)
+        if spans:  # workers clean and hash lines; this process cuts; workers hash what is left
+            waiting: deque[list[Outcome]] = deque()
+
+            def cut_texts() -> Iterator[list[str]]:
+                for kept in first_pass(run(processor.clean_batch, batches)):
+                    waiting.append(kept)
+                    yield [out.doc.text for out in kept]
+
+            for hashed in run(processor.hash_batch, cut_texts()):
+                for out, (out.signature, out.ngrams, seconds) in zip(waiting.popleft(), hashed):
+                    clock.add(seconds)
+                    keep(out)
+        else:
+            for kept in first_pass(run(processor, batches)):
+                for out in kept:
+                    keep(out)
     bar.close()
     corpus.done_adding()
     skipped.warn()
@@ -263,7 +355,21 @@ def read_clean_dedup(data: DataConfig, spool: Path, clock: Clock
                         + ": check data paths/fields and the data.clean filters")
     read_section = {"sources": read, "skipped": skipped.summary(), "renamed_ids": renamed[:20],
                     "long_documents": long_documents}
-    return corpus, near, sample, read_section, {"changed": changed, "dropped": dropped, "kept": len(corpus.docs)}
+    clean_section = {"changed": changed, "dropped": dropped, "kept": len(corpus.docs)}
+    if spans:
+        clean_section["repeated_lines"] = spans.report(data.dedup)
+        log.info("line/paragraph dedup: cut %s lines and %s paragraphs (%s characters) from %s documents",
+                 f"{spans.counts['lines_removed']:,}", f"{spans.counts['paragraphs_removed']:,}",
+                 f"{spans.counts['chars_removed']:,}", f"{spans.counts['documents_changed']:,}")
+        if spans.seen.refused:
+            log.warning("line/paragraph dedup: data.dedup.max_hashes=%d reached; %d later lines were only checked",
+                        data.dedup.max_hashes, spans.seen.refused)
+    if evals:
+        clean_section["decontaminated"] = evals.report()
+        log.info("decontaminate: cut %s lines (%s characters) from %s documents, dropped %s, against %d file(s)",
+                 f"{evals.counts['lines_removed']:,}", f"{evals.counts['chars_removed']:,}",
+                 f"{evals.counts['documents_changed']:,}", f"{evals.counts['documents_dropped']:,}", len(evals.files))
+    return corpus, near, sample, read_section, clean_section
 
 
 # ---------------------------------------------------------------- step 2: near-duplicates, split, leakage
@@ -341,13 +447,86 @@ def leakage_report(sample: NgramSample, corpus: Corpus, split_of: list[str], str
     return out
 
 
+def containment_max_docs(n_docs: int) -> int:
+    """An n-gram held by more documents than this (1% of them, 16 to 64) is a template, not kinship
+    (dedup.containment_pairs); 64 bounds the pairs one n-gram adds (2,016)."""
+    return min(64, max(16, n_docs // 100))
+
+
+def containment_groups(corpus: Corpus, sample: NgramSample, data: DataConfig) -> tuple[list[tuple[int, int]], dict]:
+    """The pairs of documents that share at least data.split.containment of their n-grams, and the
+    report's `containment` section."""
+    threshold, max_docs = data.split.containment, containment_max_docs(len(corpus.docs))
+    found = containment_pairs(sample.per_doc, threshold, max_docs)
+    pairs = [(a, b) for a, b, _ in found]
+    groups = [g for g in labels_to_groups(components(len(corpus.docs), pairs)) if len(g) > 1]
+    groups.sort(key=lambda g: (-len(g), g[0]))
+    ids = [d.id for d in corpus.docs]
+    strongest = sorted(found, key=lambda p: (-p[2], p[0], p[1]))[:20]
+    section = {"threshold": threshold, "ngram": data.leakage.ngram, "sample_rate": sample.rate,
+               "template_docs": max_docs, "pairs": len(found), "groups": len(groups),
+               "documents_in_groups": sum(len(g) for g in groups),
+               "largest": [{"size": len(g), "documents": [ids[i] for i in g[:8]]} for g in groups[:20]],
+               "strongest": [{"a": ids[a], "b": ids[b], "share": share} for a, b, share in strongest]}
+    log.info("containment: %d pair(s) sharing >= %.0f%% of their word %d-grams, %d group(s) of %d documents",
+             len(found), 100 * threshold, data.leakage.ngram, len(groups), section["documents_in_groups"])
+    return pairs, section
+
+
+def leakage_gate(leak: dict, data: DataConfig, corpus: Corpus, sample: NgramSample,
+                 near_pairs: list[tuple[int, int]]) -> dict:
+    """Past data.split.max_leakage, one warning line (or, with on_leak=error, a UserError) naming
+    the worst documents and a setting that fixes it: a lower data.split.containment is tried on the
+    spot (split and leakage again, on the same n-grams), the other fixes are named."""
+    limit = data.split.max_leakage
+    shares = {split: leak["grouped"][split]["share"] for split in ("val", "test")}
+    split = max(shares, key=shares.__getitem__)
+    gate = {"max_leakage": limit, "on_leak": data.split.on_leak, "split": split, "share": shares[split],
+            "passed": shares[split] <= limit}
+    if gate["passed"]:
+        return gate
+    worst = sorted(((w["share"], w["id"], s) for s in ("val", "test") for w in leak["grouped"][s]["worst"]
+                    if w["share"] > 0), reverse=True)[:3]
+    fixes = []
+    if not (data.dedup.lines and data.dedup.paragraphs):
+        fixes.append("data.dedup.lines=true data.dedup.paragraphs=true (cut repeated templates)")
+    current = data.split.containment or 1.0
+    tried = [c for c in (0.3, 0.2, 0.1, 0.05) if c < current]
+    if tried:
+        candidates = containment_pairs(sample.per_doc, min(tried), containment_max_docs(len(corpus.docs)))
+        ids = [d.id for d in corpus.docs]
+        for threshold in tried:
+            extra = [(a, b) for a, b, share in candidates if share >= threshold]
+            split_of, _, _ = split_of_documents(corpus.docs, corpus.chars, data.split, list(near_pairs) + extra)
+            if not all(s in split_of for s in SPLITS if s == "train" or getattr(data.split, s) > 0):
+                break  # lower thresholds only make fewer, larger groups
+            again = sample.leakage(split_of, ids)
+            worst_again = max(again[s]["share"] for s in ("val", "test"))
+            if worst_again <= limit:
+                fixes.append(f"data.split.containment={threshold} (measured: {100 * worst_again:.2f}%)")
+                break
+    if not fixes:
+        fixes.append("group related documents with data.split.group_by=<field>")
+    fixes.append(f"or accept it: data.split.max_leakage={np.ceil(100 * shares[split]) / 100:.2f}")
+    gate["message"] = (f"leakage: {100 * shares[split]:.2f}% of {split} word {data.leakage.ngram}-grams occur in train, "
+                       f"over data.split.max_leakage={limit}; most leaked: "
+                       + ", ".join(f"{i} ({s}, {100 * share:.0f}%)" for share, i, s in worst)
+                       + "; fix: " + "; ".join(fixes))
+    if data.split.on_leak == "error":
+        raise UserError(gate["message"])
+    log.warning(gate["message"])
+    return gate
+
+
 # ---------------------------------------------------------------- the whole build
 
 
-def build(data: DataConfig, tok_config: TokenizerConfig, out: Path) -> None:
+def build(data: DataConfig, tok_config: TokenizerConfig, out: Path, *, tokenizer_json: str | None = None) -> None:
     """Every step in order into the folder `out`; the report is assembled from what each returns."""
     started = time.perf_counter()
-    report: dict = {"name": data.name, "config": {"data": asdict(data), "tokenizer": asdict(tok_config)},
+    tok_section = asdict(tok_config) if tokenizer_json is None else \
+        {"given_sha256": hashlib.sha256(tokenizer_json.encode()).hexdigest()}
+    report: dict = {"name": data.name, "config": {"data": asdict(data), "tokenizer": tok_section},
                     "pipeline_version": PIPELINE_VERSION}
     clock, wall = Clock(), {}
 
@@ -368,23 +547,37 @@ def build(data: DataConfig, tok_config: TokenizerConfig, out: Path) -> None:
     wall["near_dedup_index"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    split_of, strata, report["split"] = split_corpus(corpus, pairs, data.split)
+    contained = []
+    if sample and data.split.containment is not None:
+        contained, report["containment"] = containment_groups(corpus, sample, data)
+    split_of, strata, report["split"] = split_corpus(corpus, pairs + contained, data.split)
     if near:
         split_by_id = {d.id: split for d, split in zip(corpus.docs, split_of)}
         for cluster in clusters:
             cluster["splits"] = sorted({split_by_id.get(i, "dropped") for i in cluster["documents"]})
         report["near_duplicates"]["straddling_splits"] = sum(len(set(c["splits"]) - {"dropped"}) > 1 for c in clusters)
-    if sample:
+    if sample and data.leakage.enabled:
         report["leakage"] = leakage_report(sample, corpus, split_of, strata, data)
+        if data.split.max_leakage is not None:
+            report["leakage"]["gate"] = leakage_gate(report["leakage"], data, corpus, sample, near_pairs=pairs)
     wall["split_and_leakage"] = time.perf_counter() - t
 
     t = time.perf_counter()
     train = [i for i, s in enumerate(split_of) if s == "train"]
-    tokenizer = train_tokenizer(tok_config, corpus.texts(train))
-    tokenizer.save(str(out / "tokenizer.json"))
+    if tokenizer_json is None:
+        tokenizer = train_tokenizer(tok_config, corpus.texts(train))
+        kind, specials = tok_config.kind, tok_config.special_tokens()
+    else:
+        tokenizer = Tokenizer.from_str(tokenizer_json)
+        kind = f"given ({type(tokenizer.model).__name__}, sha256 {hashlib.sha256(tokenizer_json.encode()).hexdigest()[:16]})"
+        specials = [t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special]
+    if tokenizer_json is None:
+        tokenizer.save(str(out / "tokenizer.json"))
+    else:  # byte for byte: its hash is how checkpoints and model folders recognise it
+        (out / "tokenizer.json").write_text(tokenizer_json)
     wall["train_tokenizer"] = time.perf_counter() - t
-    log.info("tokenizer: %s, %d tokens, trained on %d train documents in %.1f s", tok_config.kind,
-             tokenizer.get_vocab_size(), len(train), wall["train_tokenizer"])
+    log.info("tokenizer: %s, %d tokens, %s %d train documents in %.1f s", kind, tokenizer.get_vocab_size(),
+             "trained on" if tokenizer_json is None else "not trained: encodes", len(train), wall["train_tokenizer"])
 
     t = time.perf_counter()
     weights = {name: source.weight for name, source in data.sources().items()}
@@ -392,8 +585,8 @@ def build(data: DataConfig, tok_config: TokenizerConfig, out: Path) -> None:
     wall["write_shards"] = time.perf_counter() - t
     corpus.remove()
 
-    specials = {token: tokenizer.token_to_id(token) for token in tok_config.special_tokens()}
-    report["tokenizer"] = {"kind": tok_config.kind, "vocab_size": tokenizer.get_vocab_size(),
+    specials = {token: tokenizer.token_to_id(token) for token in specials}
+    report["tokenizer"] = {"kind": kind, "vocab_size": tokenizer.get_vocab_size(),
                            "special_tokens": specials, **token_report}
     wall["total"] = time.perf_counter() - started
     report["seconds"] = {"wall": {k: round(v, 3) for k, v in wall.items()},
@@ -401,7 +594,7 @@ def build(data: DataConfig, tok_config: TokenizerConfig, out: Path) -> None:
     report["throughput_mb_s"] = {k: round(raw_bytes / 1e6 / v, 2) for k, v in
                                  {**clock.seconds, "end_to_end": wall["total"]}.items() if v > 0}
     meta = {"name": data.name, "vocab_size": tokenizer.get_vocab_size(), "dtype": token_report["dtype"],
-            "eot_id": token_report["eot_id"], "tokenizer": tok_config.kind, "special_tokens": specials,
+            "eot_id": token_report["eot_id"], "tokenizer": kind, "special_tokens": specials,
             "pipeline_version": PIPELINE_VERSION, "splits": meta_splits}
     write_report(out, report, lengths={s: [corpus.chars[i] for i, x in enumerate(split_of) if x == s] for s in SPLITS})
     write_json(out / "meta.json", meta)

@@ -76,6 +76,31 @@ def markdown(r: dict) -> str:
     out.append(table(["reason", "documents", "examples (value or duplicate of)"], rows or [["none", 0, ""]]))
     out.append(f"\nKept: **{c['kept']:,}** documents.\n")
 
+    spans = c.get("repeated_lines")
+    if spans:
+        which = " and ".join(k for k in ("lines", "paragraphs") if spans[k])
+        out.append(f"\n### Repeated lines and paragraphs\n\nThe {which} (lowercased, whitespace normalised, at least "
+                   f"{spans['min_line_chars']} characters) that an earlier document held were cut out, the first "
+                   f"occurrence kept: **{spans['lines_removed']:,}** lines and **{spans['paragraphs_removed']:,}** "
+                   f"paragraphs, {spans['chars_removed']:,} characters, from {spans['documents_changed']:,} documents "
+                   f"({spans['hashes_held']:,} hashes held, at most {spans['max_hashes']:,}"
+                   + (f"; {spans['hashes_refused']:,} refused past the cap" if spans["hashes_refused"] else "") + ").\n\n")
+        if spans["examples"]:
+            out.append(table(["document", "characters cut", "first cut line"],
+                             [[e["id"], f"{e['chars_removed']:,}", f"`{e['first']}`"] for e in spans["examples"][:8]]))
+    decon = c.get("decontaminated")
+    if decon:
+        out.append(f"\n### Decontamination\n\nLines holding a word {decon['ngram']}-gram of the evaluation files were "
+                   f"cut out before the split: **{decon['lines_removed']:,}** lines, {decon['chars_removed']:,} "
+                   f"characters, from {decon['documents_changed']:,} documents ({decon['documents_dropped']:,} left "
+                   f"too short and dropped); {decon['ngrams_matched']:,} n-grams matched.\n\n")
+        out.append(table(["evaluation file", "n-grams", "texts too short to check"],
+                         [[f["file"], f"{f['ngrams']:,}", f["texts_too_short"]] for f in decon["files"]]))
+        if decon["examples"]:
+            out.append("\n" + table(["document", "characters cut", "n-grams matched", "evaluation file"],
+                                    [[e["id"], f"{e['chars_removed']:,}", e["ngrams"], e["eval_file"]]
+                                     for e in decon["examples"][:8]]))
+
     near = r.get("near_duplicates")
     if near:
         cfg = near["config"]
@@ -89,6 +114,17 @@ def markdown(r: dict) -> str:
         out.append(table(["documents", "split", "max Jaccard (estimated)"],
                          [[", ".join(x["documents"][:6]) + (" ..." if len(x["documents"]) > 6 else ""),
                            "/".join(x["splits"]), x["max_jaccard"]] for x in near["largest"]]))
+
+    contained = r.get("containment")
+    if contained:
+        out.append(f"\n### Containment groups\n\nDocuments sharing at least {pct(contained['threshold'])} of their "
+                   f"word {contained['ngram']}-grams (of the one with fewer; hashes sampled at "
+                   f"{contained['sample_rate']:.4g}; n-grams held by more than {contained['template_docs']} documents "
+                   f"count as template, not kinship) are one group of the split: **{contained['pairs']:,}** pairs, "
+                   f"{contained['groups']:,} groups of {contained['documents_in_groups']:,} documents.\n\n")
+        if contained["strongest"]:
+            out.append(table(["document", "shares with", "share"],
+                             [[x["a"], x["b"], pct(x["share"])] for x in contained["strongest"][:8]]))
 
     s = r["split"]
     total_chars = sum(v["chars"] for v in s["splits"].values())
@@ -128,6 +164,10 @@ def markdown(r: dict) -> str:
         if worst:
             out.append("\nHeld-out documents that share most with train: "
                        + ", ".join(f"{i} ({split}, {pct(share)})" for share, i, split in worst[:5]) + ".\n")
+        gate = leak.get("gate")
+        if gate:
+            out.append(f"\nLeakage gate (`data.split.max_leakage` = {pct(gate['max_leakage'])}): "
+                       + ("passed.\n" if gate["passed"] else f"**over it** ({gate['on_leak']}): {gate['message']}\n"))
 
     t = r["tokenizer"]
     out.append(f"\n## Tokenizer\n\n`{t['kind']}`, {t['vocab_size']:,} tokens, trained on the train split only. "

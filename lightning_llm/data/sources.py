@@ -44,6 +44,8 @@ class SourceConfig:
     source: str = "shakespeare"  # shakespeare | text_files | jsonl | hf
     weight: float = 1.0  # how many times each of its train documents enters the train shard (0.5: half of them)
     editions: list[str] = field(default_factory=lambda: ["gutenberg", "folio"])  # shakespeare
+    works: list[str] | None = None  # shakespeare: only these works (None: all), e.g. [hamlet, lear]
+    genres: list[str] | None = None  # shakespeare: only works of these genres (comedy, history, tragedy, poem)
     paths: list[str] = field(default_factory=list)  # text_files, jsonl: files, directories or globs
     extensions: list[str] | None = None  # text_files, jsonl: files read from a directory (None: .txt .md / .jsonl)
     text_field: str = "text"  # jsonl, hf: the field holding the text; the other fields become metadata
@@ -62,6 +64,8 @@ class SourceConfig:
             raise ValueError(f"a {self.source} source needs paths=[<file, directory or glob>, ...]")
         if self.source == "hf" and not self.dataset:
             raise ValueError("an hf source needs dataset=<dataset name or local directory>")
+        if self.source != "shakespeare" and (self.works is not None or self.genres is not None):
+            raise ValueError(f"works and genres select from the built-in corpus: a {self.source} source has none")
         if self.extensions is None and self.source in DEFAULT_EXTENSIONS:
             self.extensions = list(DEFAULT_EXTENSIONS[self.source])
 
@@ -93,7 +97,7 @@ def read_source(name: str, config: SourceConfig, skipped: Skipped, max_chars: in
     """Documents of one source, tagged with its name; with max_chars, none is longer (see above)."""
     if config.source == "shakespeare":
         from lightning_llm.data.shakespeare import read_shakespeare
-        docs = read_shakespeare(config.editions, skipped)
+        docs = read_shakespeare(config.editions, skipped, works=config.works, genres=config.genres)
     elif config.source == "text_files":
         docs = read_text_files(config, skipped, max_chars)
     elif config.source == "jsonl":
@@ -326,7 +330,7 @@ def fingerprint(config: SourceConfig) -> list:
     modification times (a Hub dataset is known by name, subset and split only)."""
     if config.source == "shakespeare":
         from lightning_llm.data.shakespeare import fingerprint as shakespeare_fingerprint
-        return shakespeare_fingerprint(config.editions)
+        return shakespeare_fingerprint(config.editions, works=config.works, genres=config.genres)
     if config.source == "hf":
         local = Path(config.dataset).expanduser()
         files = sorted(p for p in local.rglob("*") if p.is_file()) if local.is_dir() else []

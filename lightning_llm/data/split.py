@@ -31,8 +31,21 @@ class SplitConfig:
     seed: int = 1337
     group_by: str | None = None  # documents sharing this key land in one split (near-dup clusters always do)
     stratify_by: str | None = "source"  # each split keeps the corpus's mix of this key: source, genre...
+    # Documents sharing at least this share of their word n-grams (data.leakage.ngram, of the one
+    # with fewer) land in one split (null: off); needs the leakage check's n-grams.
+    containment: float | None = 0.5
+    # The leakage gate: past this share of val or test n-grams found in train, warn (on_leak=warn)
+    # or refuse (on_leak=error); null: no gate.
+    max_leakage: float | None = 0.05
+    on_leak: str = "warn"
 
     def __post_init__(self):
+        if self.containment is not None and not 0 < self.containment <= 1:
+            raise ValueError(f"data.split.containment must be in (0, 1] or null, got {self.containment}")
+        if self.max_leakage is not None and not 0 <= self.max_leakage <= 1:
+            raise ValueError(f"data.split.max_leakage must be in [0, 1] or null, got {self.max_leakage}")
+        if self.on_leak not in ("warn", "error"):
+            raise ValueError(f"data.split.on_leak must be warn or error, got {self.on_leak!r}")
         if not (0 <= self.val < 1 and 0 <= self.test < 1 and self.val + self.test < 1):
             raise ValueError(f"data.split.val ({self.val}) and data.split.test ({self.test}) must be in [0, 1) "
                              "and sum below 1")

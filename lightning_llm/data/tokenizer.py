@@ -86,7 +86,7 @@ def train_tokenizer(config: TokenizerConfig, texts: Iterable[str]) -> Tokenizer:
                                       show_progress=sys.stderr.isatty())
     else:
         tokenizer = Tokenizer(models.Unigram())
-        # Pieces never span a line break: three times faster to train here, and lines stay lines.
+        # Pieces never span a line break: lines stay lines, and training is faster (bench/handwritten.py).
         tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(r"\n+"), behavior="isolated"),
                                                            pre_tokenizers.Metaspace(prepend_scheme="never")])
         tokenizer.decoder = decoders.Metaspace(prepend_scheme="never")
@@ -114,7 +114,8 @@ def demote_special_pieces(tokenizer: Tokenizer, specials: list[str]) -> Tokenize
 def char_vocabulary(texts: Iterable[str], config: TokenizerConfig, n_special: int) -> list[str]:
     """The characters of the texts, most frequent first (ties by code point), without those rarer
     than min_frequency and past vocab_size. Counted with numpy: WordLevelTrainer over
-    one-character words finds the same characters in 2.9 s instead of 0.02 s (built-in corpus)."""
+    one-character words finds the same characters two orders of magnitude slower
+    (bench/handwritten.py; docs/benchmarks.md, "Hand-written pieces")."""
     counts = np.zeros(0, dtype=np.int64)
     for text in texts:
         found = np.bincount(code_points(text))
@@ -141,7 +142,7 @@ class ShardEncoder:
     """Token ids of documents for the shards. Special tokens written in a document are read as
     plain text, so a document can never forge a separator. The char tokenizer goes through a
     numpy table from code point to id: the same ids as `tokenizer.encode` (a test holds them
-    equal), 0.14 s instead of 9 s for the built-in corpus."""
+    equal), two orders of magnitude faster (bench/handwritten.py; docs/benchmarks.md)."""
 
     def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = Tokenizer.from_str(tokenizer.to_str())

@@ -3,7 +3,7 @@
 Plain Python over the run's artifacts (a checkpoint or model folder, and the prepared-data
 folder its run.json names): no Hydra, no Lightning. The tasks are
 
-  lm          loss, perplexity, token accuracy and bits per byte on val and test
+  lm          loss, perplexity, token accuracy and bits per byte on val and test (95% intervals over windows)
   ngram       a Kneser-Ney n-gram model fitted on train, scored on the same tokens
   generation  continue K held-out test passages; BLEU, ROUGE-L and distinct-n, the n-gram too
   classify    fine-tune a genre classifier from the pretrained weights and from a random init
@@ -28,7 +28,7 @@ from lightning_llm.evaluation import passages as P
 from lightning_llm.evaluation.classify import pretrained_vs_random
 from lightning_llm.evaluation.config import TASKS, EvalConfig
 from lightning_llm.evaluation.generation import continuation_scores, decode, diversity, transformer_continuations
-from lightning_llm.evaluation.lm import lm_metrics, score_tokens, utf8_bytes
+from lightning_llm.evaluation.lm import block_bytes, lm_metrics, score_tokens, utf8_bytes, window_intervals
 from lightning_llm.evaluation.ngram import KneserNey
 from lightning_llm.evaluation.report import write_outputs
 from lightning_llm.evaluation.samples import samples_markdown
@@ -87,6 +87,7 @@ class Evaluation:
         self._ngram: KneserNey | None = None  # fitted on first use: by ngram, generation or samples
         self._ngram_fit: dict = {}
         self._lm_tokens: dict[str, tuple[np.ndarray, int]] = {}
+        self._block_bytes: dict[str, np.ndarray] = {}
         self.out_dir = self.target.out_dir
 
     def check_inputs(self) -> np.ndarray | None:
@@ -134,13 +135,21 @@ class Evaluation:
             self._lm_tokens[split] = tokens, utf8_bytes(self.tokenizer, tokens[1:])
         return self._lm_tokens[split]
 
+    def intervals(self, split: str, nats: np.ndarray) -> dict:
+        """95% bootstrap intervals of bpb and perplexity over windows of block_size targets."""
+        tokens, n_bytes = self.split_tokens(split)
+        block = self.model.config.block_size
+        if split not in self._block_bytes:
+            self._block_bytes[split] = block_bytes(self.tokenizer, tokens[1:], block)
+        return window_intervals(nats, self._block_bytes[split], n_bytes, block, seed=self.config.seed)
+
     def lm(self) -> dict:
         out = {}
         for split in self.config.lm.splits:
             tokens, n_bytes = self.split_tokens(split)
             nats, correct = score_tokens(self.model, tokens, self.config.lm.stride, self.config.batch_size,
                                          self.config.device, desc=f"lm {split}")
-            out[split] = lm_metrics(nats, n_bytes, correct)
+            out[split] = lm_metrics(nats, n_bytes, correct) | self.intervals(split, nats)
         block_size = self.model.config.block_size
         return {"stride": min(self.config.lm.stride or block_size, block_size), "splits": out}
 
@@ -158,7 +167,8 @@ class Evaluation:
         out = {}
         for split in self.config.lm.splits:
             tokens, n_bytes = self.split_tokens(split)
-            out[split] = lm_metrics(ngram.nats(tokens), n_bytes)
+            nats = ngram.nats(tokens)
+            out[split] = lm_metrics(nats, n_bytes) | self.intervals(split, nats)
         return {**self._ngram_fit, "splits": out}
 
     def generation(self, passages: np.ndarray) -> dict:
@@ -177,7 +187,7 @@ class Evaluation:
                     for i, (p, r) in enumerate(zip(decode(self.tokenizer, prompts[:3]), references))]
         return {"passages": g.passages, "prompt_tokens": g.prompt_tokens, "new_tokens": g.new_tokens,
                 "temperature": g.temperature, "top_k": g.top_k, "ngram_order": ngram.order,
-                **{name: continuation_scores(texts[name], references) for name in texts},
+                **{name: continuation_scores(texts[name], references, seed=seed) for name in texts},
                 "reference": diversity(references), "examples": examples}
 
     def classify(self) -> dict:

@@ -10,10 +10,10 @@ model: they are for comparing systems on the same passages, not absolute quality
 from __future__ import annotations
 
 import numpy as np
-import sacrebleu
 import torch
 from rouge_score import rouge_scorer
 from rouge_score import tokenizers as rouge_tokenizers
+from sacrebleu.metrics import BLEU
 from tokenizers import Tokenizer
 
 from lightning_llm.model import GPT
@@ -24,11 +24,35 @@ def distinct_n(texts: list[str], n: int) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
-def continuation_scores(hypotheses: list[str], references: list[str]) -> dict:
+def continuation_scores(hypotheses: list[str], references: list[str], *, n_resamples: int = 1000,
+                        seed: int = 0) -> dict:
+    """BLEU and ROUGE-L with 95% bootstrap intervals over the passages, and distinct-n.
+
+    BLEU's interval is sacrebleu's own (`n_bootstrap`): corpus BLEU recomputed on resampled
+    passages, reported as its bootstrap mean +- half the 2.5-97.5 percentile range, with
+    sacrebleu's fixed seed (SACREBLEU_SEED, 12345 unless set). ROUGE-L's is the 2.5-97.5
+    percentiles of the mean per-passage F-measure over `n_resamples` resamples, seeded by `seed`."""
     rouge = rouge_scorer.RougeScorer(["rougeL"], tokenizer=rouge_tokenizers.DefaultTokenizer(use_stemmer=False))
-    rouge_l = [rouge.score(ref, hyp)["rougeL"].fmeasure for hyp, ref in zip(hypotheses, references)]
-    return {"bleu": float(sacrebleu.corpus_bleu(hypotheses, [references]).score),
-            "rougeL": float(np.mean(rouge_l)), **diversity(hypotheses)}
+    rouge_l = np.array([rouge.score(ref, hyp)["rougeL"].fmeasure for hyp, ref in zip(hypotheses, references)])
+    bleu = BLEU().corpus_score(hypotheses, [references], n_bootstrap=n_resamples if len(hypotheses) > 1 else 1)
+    scores = {"bleu": float(bleu.score), "bleu_ci": None, "rougeL": float(np.mean(rouge_l)),
+              "rougeL_ci": mean_interval(rouge_l, n_resamples=n_resamples, seed=seed)}
+    if len(hypotheses) > 1:  # sacrebleu leaves _mean/_ci at -1 without a bootstrap
+        scores["bleu_ci"] = [max(0.0, float(bleu._mean - bleu._ci)), min(100.0, float(bleu._mean + bleu._ci))]
+    return scores | diversity(hypotheses)
+
+
+def mean_interval(values: np.ndarray, *, n_resamples: int = 1000, level: float = 0.95,
+                  seed: int = 0) -> list[float] | None:
+    """Percentile bootstrap interval of the mean of `values` (None for fewer than two)."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(n_resamples, len(values)))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(means, [tail, 100 - tail])
+    return [float(lo), float(hi)]
 
 
 def diversity(texts: list[str]) -> dict:

@@ -3,7 +3,8 @@
 Both the transformer and the n-gram baseline score the same targets (every token of the
 stream after the first), so their numbers sit side by side. Bits per byte is the total
 loss in bits over the UTF-8 bytes of the scored text: it does not depend on the
-tokenizer, so a char model and a BPE model compare on it.
+tokenizer, so a char model and a BPE model compare on it. Perplexity and bits per byte carry
+95% bootstrap intervals over windows of the context length (`window_intervals`).
 """
 
 from __future__ import annotations
@@ -71,3 +72,44 @@ def score_tokens(model: GPT, tokens: np.ndarray, stride: int | None = None, batc
             nats[start + skip:start + window] = loss[row, skip:]
             correct[start + skip:start + window] = hits[row, skip:]
     return nats, correct
+
+
+def block_bytes(tokenizer: Tokenizer, ids: np.ndarray, block: int) -> np.ndarray:
+    """UTF-8 bytes of each run of `block` consecutive tokens of `ids` (the last run may be shorter)."""
+    ids = np.asarray(ids)
+    rows = [ids[i:i + block].tolist() for i in range(0, len(ids), block)]
+    return np.array([len(text.encode("utf-8")) for text in tokenizer.decode_batch(rows, skip_special_tokens=True)],
+                    dtype=np.float64)
+
+
+def window_intervals(nats: np.ndarray, bytes_per_block: np.ndarray, n_bytes: int, block: int, *,
+                     n_resamples: int = 1000, level: float = 0.95, seed: int = 0) -> dict:
+    """Percentile bootstrap intervals of bpb and perplexity over windows of `block` consecutive targets.
+
+    A window is the unit resampled (neighbouring tokens are not independent; windows of a context
+    length nearly are): each resample draws as many windows as there are, with replacement, and
+    takes their total loss over their total bytes (bpb) or tokens (perplexity), the same ratio
+    the point estimate takes over all windows. Decoding a window alone can split a multi-byte
+    character at its edges, so the windows' bytes are rescaled to sum to the split's exact bytes.
+    Fewer than two windows give no interval (None)."""
+    nats = np.asarray(nats, dtype=np.float64)
+    starts = np.arange(0, len(nats), block)
+    if len(starts) < 2 or len(bytes_per_block) != len(starts):
+        return {"bpb_ci": None, "ppl_ci": None, "windows": int(len(starts))}
+    nats_per_block = np.add.reduceat(nats, starts)
+    tokens_per_block = np.diff(np.append(starts, len(nats))).astype(np.float64)
+    weights = np.asarray(bytes_per_block, dtype=np.float64)
+    weights = weights * (n_bytes / weights.sum()) if weights.sum() > 0 else weights
+    rng = np.random.default_rng(seed)
+    bpb, loss = [], []
+    for chunk in np.array_split(np.arange(n_resamples), max(1, n_resamples * len(starts) // 5_000_000)):
+        counts = rng.multinomial(len(starts), np.full(len(starts), 1 / len(starts)), size=len(chunk))
+        total = counts @ nats_per_block
+        bpb.append(total / np.maximum(counts @ weights, 1e-12) / math.log(2))
+        loss.append(total / (counts @ tokens_per_block))
+    tail = (1 - level) / 2 * 100
+    lo_bpb, hi_bpb = np.percentile(np.concatenate(bpb), [tail, 100 - tail])
+    lo_loss, hi_loss = np.percentile(np.concatenate(loss), [tail, 100 - tail])
+    return {"bpb_ci": [float(lo_bpb), float(hi_bpb)],
+            "ppl_ci": [math.exp(min(lo_loss, 700.0)), math.exp(min(hi_loss, 700.0))],
+            "windows": int(len(starts)), "level": level, "resamples": n_resamples}

@@ -25,6 +25,13 @@ def table(header: list[str], rows: list[list]) -> str:
     return markdown_table(header, rows, cell=fmt)
 
 
+def with_ci(value, ci, digits: int = 4):
+    """`2.4200 [2.3900, 2.4500]`: a metric and its 95% interval; the bare value when it has none."""
+    if value is None or not ci:
+        return value
+    return f"{fmt(value, digits)} [{fmt(ci[0], digits)}, {fmt(ci[1], digits)}]"
+
+
 def headline(results: dict) -> dict[str, float]:
     """The flat metrics that run.json, W&B and `llm compare` carry."""
     flat = {}
@@ -44,6 +51,22 @@ def headline(results: dict) -> dict[str, float]:
     return flat
 
 
+def intervals(results: dict) -> dict[str, list[float]]:
+    """The 95% intervals of the headline metrics that have one, keyed `<metric>_ci` (metrics.json only:
+    run.json and W&B keep plain numbers)."""
+    flat = {}
+    for split, m in results.get("lm", {}).get("splits", {}).items():
+        flat |= {f"{split}/{key}_ci": m[f"{key}_ci"] for key in ("ppl", "bpb") if m.get(f"{key}_ci")}
+    for split, m in results.get("ngram", {}).get("splits", {}).items():
+        flat |= {f"ngram/{split}/{key}_ci": m[f"{key}_ci"] for key in ("ppl", "bpb") if m.get(f"{key}_ci")}
+    if "generation" in results:
+        gen = results["generation"]
+        for system, prefix in (("transformer", "gen"), ("ngram", "ngram/gen")):
+            flat |= {f"{prefix}/{key}_ci": gen[system][f"{key}_ci"] for key in ("bleu", "rougeL")
+                     if gen[system].get(f"{key}_ci")}
+    return flat
+
+
 def headline_markdown(results: dict) -> str:
     """Transformer and baseline side by side; the classifier from pretrained and from scratch."""
     parts = []
@@ -54,16 +77,23 @@ def headline_markdown(results: dict) -> str:
     for split in dict.fromkeys([*lm, *ngram_splits]):
         ours, theirs = lm.get(split, {}), ngram_splits.get(split, {})
         rows += [[f"{split} loss (nats/token)", ours.get("loss"), theirs.get("loss")],
-                 [f"{split} perplexity", ours.get("ppl"), theirs.get("ppl")],
-                 [f"{split} bits per byte", ours.get("bpb"), theirs.get("bpb")],
+                 [f"{split} perplexity", with_ci(ours.get("ppl"), ours.get("ppl_ci")),
+                  with_ci(theirs.get("ppl"), theirs.get("ppl_ci"))],
+                 [f"{split} bits per byte", with_ci(ours.get("bpb"), ours.get("bpb_ci")),
+                  with_ci(theirs.get("bpb"), theirs.get("bpb_ci"))],
                  [f"{split} next-token accuracy", ours.get("acc"), None]]
     if gen:
-        rows += [[f"BLEU, {gen['passages']} test continuations", gen["transformer"]["bleu"], gen["ngram"]["bleu"]],
-                 ["ROUGE-L", gen["transformer"]["rougeL"], gen["ngram"]["rougeL"]],
+        t, n = gen["transformer"], gen["ngram"]
+        rows += [[f"BLEU, {gen['passages']} test continuations", with_ci(t["bleu"], t.get("bleu_ci"), 2),
+                  with_ci(n["bleu"], n.get("bleu_ci"), 2)],
+                 ["ROUGE-L", with_ci(t["rougeL"], t.get("rougeL_ci")), with_ci(n["rougeL"], n.get("rougeL_ci"))],
                  [f"distinct-2 (true text {gen['reference']['distinct_2']:.3f})", gen["transformer"]["distinct_2"],
                   gen["ngram"]["distinct_2"]]]
     if rows:
         parts.append(table(["metric", "transformer", baseline], rows))
+        if any(m.get("bpb_ci") for m in [*lm.values(), *ngram_splits.values()]) or gen:
+            parts.append("[brackets]: 95% bootstrap intervals (perplexity and bits per byte over windows of the "
+                         "context length, BLEU and ROUGE-L over the passages).")
     if "classify" in results:
         cls = results["classify"]
         rows = [[f"{split} macro F1 ({', '.join(cls['pretrained'][split]['classes_in_macro'])})",
@@ -102,7 +132,8 @@ def lm_section(results: dict) -> list[str]:
     rows = []
     for name, key in (("transformer", "lm"), (f"{results.get('ngram', {}).get('order')}-gram Kneser-Ney", "ngram")):
         for split, m in results.get(key, {}).get("splits", {}).items():
-            rows.append([name, split, m["tokens"], m["bytes"], m["loss"], m["ppl"], m.get("acc"), m["bpb"]])
+            rows.append([name, split, m["tokens"], m["bytes"], m["loss"], with_ci(m["ppl"], m.get("ppl_ci")),
+                         m.get("acc"), with_ci(m["bpb"], m.get("bpb_ci"))])
     lines = ["## Language modelling", "",
              table(["model", "split", "tokens scored", "bytes", "loss (nats/token)", "perplexity", "accuracy",
                     "bits per byte"], rows), "",
@@ -112,6 +143,10 @@ def lm_section(results: dict) -> list[str]:
     if "lm" in results:
         lines.append(f"The transformer reads windows of {results['model']['block_size']} tokens started every "
                      f"{results['lm']['stride']} tokens; each target is scored once.")
+    lines.append(f"Brackets hold 95% percentile-bootstrap intervals: the scored targets are cut into consecutive "
+                 f"windows of {results['model']['block_size']} (the context length), and 1000 resamples of "
+                 "those windows, with replacement, each give a total loss over total bytes (bits per byte) or "
+                 f"tokens (perplexity); seed {results['config']['seed']}.")
     if "ngram" in results:
         n = results["ngram"]
         sizes = ", ".join(f"{n['ngrams'][k]:,} {k}-grams" for k in sorted(n["ngrams"], key=int))
@@ -121,14 +156,17 @@ def lm_section(results: dict) -> list[str]:
 
 
 def generation_section(gen: dict) -> list[str]:
-    rows = [[name, gen[key]["bleu"], gen[key]["rougeL"], gen[key]["distinct_1"], gen[key]["distinct_2"]]
+    rows = [[name, with_ci(gen[key]["bleu"], gen[key].get("bleu_ci"), 2),
+             with_ci(gen[key]["rougeL"], gen[key].get("rougeL_ci")), gen[key]["distinct_1"], gen[key]["distinct_2"]]
             for name, key in (("transformer", "transformer"), (f"{gen['ngram_order']}-gram Kneser-Ney", "ngram"))]
     rows.append(["true continuations", None, None, gen["reference"]["distinct_1"], gen["reference"]["distinct_2"]])
     lines = ["## Generation against held-out text", "",
              f"{gen['passages']} passages drawn from the test split; each model is prompted with the first "
              f"{gen['prompt_tokens']} tokens and samples {gen['new_tokens']} more (temperature {gen['temperature']}, "
              f"top-k {gen['top_k']}), scored against the true continuation: BLEU (sacrebleu, corpus, 0-100), "
-             "ROUGE-L (mean F-measure, 0-1), distinct-n (unique word n-grams over all, for diversity).", "",
+             "ROUGE-L (mean F-measure, 0-1), distinct-n (unique word n-grams over all, for diversity). "
+             "Brackets: 95% bootstrap intervals over the passages, 1000 resamples (BLEU: sacrebleu's, its "
+             "bootstrap mean +- half the 2.5-97.5 percentile range; ROUGE-L: percentiles of the mean).", "",
              table(["system", "BLEU", "ROUGE-L", "distinct-1", "distinct-2"], rows), "", "Examples:", ""]
     for example in gen["examples"]:
         lines += [f"- prompt `{example['prompt']!r}`", f"  - true: `{example['reference']!r}`",
@@ -176,6 +214,7 @@ def classify_section(cls: dict) -> list[str]:
 
 def write_outputs(results: dict, out_dir: Path, run_dir: Path | None) -> None:
     results["headline"] = headline(results)
+    results["intervals"] = intervals(results)
     write_json(out_dir / "metrics.json", results)
     write_text(out_dir / "report.md", report_markdown(results))
     print(headline_markdown(results))

@@ -92,7 +92,7 @@ def model_card(*, record: dict, parameters: int, run_record: dict | None, data_c
              "print(tokenizer.decode(out[0]))", "```", "",
              f"The context window is {config['block_size']} tokens (`max_position_embeddings`). Generation "
              "stops at the end-of-text token every training document ended with. The chat template is "
-             + ("a plain role-marker default (`role: content` lines): the model was not tuned on chats."
+             + ("the plain role-marker one (`USER:` and `ASSISTANT:` lines): the model was not tuned on chats."
                 if default_template else "the one recorded with the model."),
              "", "## Model", "",
              table(["", ""], [["architecture", f"{arch} (lightning-llm: position={config['position']}, "

@@ -34,6 +34,7 @@ from lightning_llm.errors import UserError
 from lightning_llm.export.card import copy_data_card, model_card
 from lightning_llm.model.gpt import GPT, GPTConfig
 from lightning_llm.model.io import (
+    DEFAULT_TEMPLATE,
     first_line,
     load_artifact,
     new_manifest,
@@ -42,6 +43,7 @@ from lightning_llm.model.io import (
     run_dir_of,
     save_artifact,
 )
+from lightning_llm.templates import model_template
 
 log = logging.getLogger("lightning_llm")
 
@@ -50,10 +52,6 @@ RECORD_FORMAT = "lightning-llm/hf-export"
 TANH_GELU = ("gelu_pytorch_tanh", "gelu_new")  # both are GELU's tanh approximation, which our MLP uses
 CHECK_TOKENS = 64  # per row, two rows of random ids: the logit check
 TOLERANCE = 1e-4  # max |logit difference| allowed, times max(1, max |logit|): fp32 sums in another order
-DEFAULT_CHAT_TEMPLATE = (
-    "{% for message in messages %}{{ message['role'] + ': ' + message['content'] + '\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
-)
 
 
 def require_transformers(command: str):
@@ -327,7 +325,7 @@ def hf_tokenizer(transformers, tokenizer: Tokenizer, *, manifest: dict, run_reco
     roles = special_tokens(vocab, manifest, run_record)
     fast = transformers.PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer.from_str(tokenizer.to_str()), model_max_length=block_size,
-        chat_template=manifest.get("chat_template") or DEFAULT_CHAT_TEMPLATE, **roles)
+        chat_template=model_template(manifest).source, **roles)  # the one the server and `llm generate` use
     return fast, roles, stop_ids(vocab, roles, manifest, run_record)
 
 
@@ -467,7 +465,7 @@ def _export_hf(transformers, *, ckpt: str | Path, out: Path, overwrite: bool) ->
         data_card = copy_data_card(run_record, folder)
         (folder / "README.md").write_text(model_card(
             record=record, parameters=model.num_params(exclude_embeddings=False), run_record=run_record,
-            data_card=data_card, default_template=not artifact.manifest.get("chat_template")))
+            data_card=data_card, default_template=model_template(artifact.manifest).name == DEFAULT_TEMPLATE))
         (folder / RECORD).write_text(json.dumps(record, indent=2, default=str) + "\n")
     log.info("export: %s written to %s (max |logit difference| %.2g over %d random tokens)",
              arch.hf_class, out, check["max_abs_logit_diff"], check["tokens"])

@@ -15,6 +15,8 @@ newest token has no position left continues from its last block_size // 2 tokens
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,9 +85,16 @@ class Batch:
         self.prompt_loss = prompt_loss  # score every prompt (its mean loss), not only those that ask
         self.block_size = model.config.block_size
         self.device = parameter.device
-        self.cache = KVCache(model.config, capacity, parameter.device, parameter.dtype)
+        self.cache = acquire_cache(model, capacity, parameter.device, parameter.dtype)
         self.view: KVCache | None = None
         self.rows: list[Row] = []
+        self.inputs: torch.Tensor | None = None  # (n, 1) ids the next step feeds, when the last step's ids are them
+
+    def close(self) -> None:
+        """Hand the KV cache back for the next Batch of this model (its rows are then no longer valid)."""
+        if self.cache is not None:
+            release_cache(self.model, self.cache)
+            self.cache, self.view, self.rows = None, None, []
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -101,6 +110,7 @@ class Batch:
             raise ValueError(f"{len(self.rows)} + {len(rows)} rows exceed the batch capacity {self.capacity}")
         start = len(self.rows)
         self.rows += rows
+        self.inputs = None
         self.prefill(start, rows, [row.prompt[:-1] for row in rows], score=True)
         done = [row for row in rows if row.max_new_tokens == 0]
         for row in done:
@@ -143,6 +153,7 @@ class Batch:
             self.cache.move(last, i)
             self.rows[i] = self.rows[last]
         self.rows.pop()
+        self.inputs = None
 
     def step(self) -> list[Token]:
         """One forward over all rows (each feeds its newest token), one token sampled per row;
@@ -157,9 +168,11 @@ class Batch:
                     self.prefill(i, [rows[i]], [rows[i].tokens[-keep:-1]], score=False)
         if self.view is None or len(self.view.lengths) != len(rows):
             self.view = self.cache.rows(0, len(rows))  # rows [0, n) as one cache, kept while n stays
-        idx = torch.tensor([[row.tokens[-1]] for row in rows], device=self.device)
+        idx = self.inputs if self.inputs is not None else \
+            torch.tensor([[row.tokens[-1]] for row in rows], device=self.device)
         logits = self.model(idx, cache=self.view)[0][:, -1].float()
         ids = self.choose(logits)
+        self.inputs = ids[:, None]  # what the next step feeds, unless a row joins or leaves (then None)
         ids_list = ids.tolist()
         wanted = [row.logprobs for row in rows if row.logprobs is not None]
         if wanted:
@@ -234,10 +247,115 @@ def stream(model: GPT, prompts: list[list[int]], *, max_new_tokens: int, tempera
     rows = [Row(prompt, max_new_tokens, temperature, top_k, top_p, generator, stop, logprobs, key=i)
             for i, (prompt, generator) in enumerate(zip(prompts, generators))]
     batch = Batch(model, max(1, len(rows)), eos_id=eos_id, slide=slide)
-    finished = batch.add(rows)
-    if finished:
-        yield finished
-    while batch.rows:
-        if should_stop is not None and should_stop():
-            return
-        yield batch.step()
+    try:
+        finished = batch.add(rows)
+        if finished:
+            yield finished
+        while batch.rows:
+            if should_stop is not None and should_stop():
+                return
+            yield batch.step()
+    finally:
+        batch.close()
+
+
+_pool: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> KV caches not in use
+_pool_lock = threading.Lock()
+
+
+def acquire_cache(model: GPT, capacity: int, device, dtype) -> KVCache:
+    """A KV cache of at least `capacity` rows for this model: a free one from an earlier Batch
+    when one fits (no allocation, no zeroing: stale rows lie past every row's length, where
+    the mask hides them), else a new one. Each cache serves one Batch at a time."""
+    with _pool_lock:
+        free = _pool.get(model, [])
+        for i, cache in enumerate(free):
+            if (len(cache.lengths) >= capacity and cache.keys[0].dtype == dtype
+                    and cache.keys[0].device == torch.device(device) and cache.block_size == model.config.block_size):
+                del free[i]
+                view = cache.rows(0, capacity)
+                view.lengths.zero_()
+                view.owner = cache
+                return view
+    cache = KVCache(model.config, capacity, device, dtype)
+    cache.owner = cache
+    return cache
+
+
+def release_cache(model: GPT, cache: KVCache) -> None:
+    """Return a cache from acquire_cache; the pool keeps the largest few per model."""
+    owner = getattr(cache, "owner", cache)
+    with _pool_lock:
+        free = _pool.setdefault(model, [])
+        if all(c is not owner for c in free):
+            free.append(owner)
+            free.sort(key=lambda c: len(c.lengths))
+            del free[:-2]
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def choose_dtype(model: GPT, *, batch: int = 1, tokens: int = 16, use_cache: bool = True) -> tuple[torch.dtype, dict]:
+    """The faster of fp32 and bf16 for decoding with this model here, measured: `tokens` greedy
+    tokens at `batch` rows, both dtypes in turns, best of three; cached per machine, model shape
+    and batch (lightning_llm/measured.py). fp32 without measuring where bf16 is not native."""
+    from lightning_llm.measured import interleaved_best, lookup, machine, native_bf16, store
+
+    device = next(model.parameters()).device
+    if not native_bf16(device):
+        return torch.float32, {"reason": f"bf16 is not native on {machine(device)}"}
+    key = f"{machine(device)}, batch {batch}, {sorted(model.config.to_dict().items())}"
+    if use_cache and (found := lookup("decode_dtype", key)):
+        return DTYPES[found["choice"]], found
+    prompt = [[1] * 4] * batch
+    tokens = max(1, min(tokens, model.config.block_size - 5))
+    copies = {name: copy_for_inference(model, dtype) for name, dtype in DTYPES.items()}
+
+    def decode(m):
+        for _ in stream(m, prompt, max_new_tokens=tokens, temperature=0):
+            pass
+
+    best = interleaved_best({name: (lambda m=m: decode(m)) for name, m in copies.items()}, device=device)
+    rates = {name: round(batch * tokens / seconds, 1) for name, seconds in best.items()}
+    figures = {"choice": max(rates, key=rates.get), "tokens_per_s": rates, "machine": machine(device)}
+    if use_cache:
+        store("decode_dtype", key, figures)
+    return DTYPES[figures["choice"]], figures
+
+
+def copy_for_inference(model: GPT, dtype: torch.dtype) -> GPT:
+    import copy
+
+    return prepare_for_inference(copy.deepcopy(model), dtype)
+
+
+def prepare_for_inference(model: GPT, dtype: torch.dtype) -> GPT:
+    """Cast the model's weights to `dtype` in place, once, at load (the checkpoint on disk is
+    untouched): bf16 halves the bytes each decode step streams. RoPE's angle tables stay fp32
+    (positions need the precision; attention rotates in fp32 and casts back)."""
+    model.to(dtype)
+    for name in ("rope_cos", "rope_sin"):
+        if getattr(model, name, None) is not None:
+            setattr(model, name, getattr(model, name).float())
+    return model
+
+
+def inference_dtype(model: GPT, name: str, *, batch: int = 1) -> tuple[torch.dtype, str]:
+    """The dtype of a `dtype` option (float32 | bfloat16 | auto) and a line saying why:
+    bfloat16 is refused (ValueError) where the chip does not run it natively (emulated bf16 is
+    several times slower); auto measures (choose_dtype)."""
+    from lightning_llm.measured import machine, native_bf16
+
+    device = next(model.parameters()).device
+    if name not in (*DTYPES, "auto"):
+        raise ValueError(f"dtype must be float32, bfloat16 or auto, got {name!r}")
+    if name == "bfloat16" and not native_bf16(device):
+        raise ValueError(f"dtype=bfloat16: {machine(device)} has no native bf16 (it would be emulated, several "
+                         "times slower than float32); use float32 or auto")
+    if name != "auto":
+        return DTYPES[name], f"dtype {name}"
+    dtype, figures = choose_dtype(model, batch=batch)
+    rates = ", ".join(f"{k} {v:,.0f}" for k, v in figures.get("tokens_per_s", {}).items())
+    why = f"measured tokens/s at batch {batch}: {rates}" if rates else figures["reason"]
+    return dtype, f"dtype auto: {str(dtype).removeprefix('torch.')} ({why})"

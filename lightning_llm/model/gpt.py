@@ -32,6 +32,10 @@ class GPTConfig:
     mlp: str = "gelu"  # gelu | swiglu
     tie_embeddings: bool = True
     rope_theta: float = 10000.0
+    # Set by structured pruning (llm compress), None otherwise: an MLP width other than mlp_ratio's, and a
+    # head size other than n_embd / n_head (fewer heads, each as wide as before).
+    mlp_hidden_size: int | None = None
+    head_size: int | None = None
 
     def __post_init__(self):
         if self.n_kv_head is None:
@@ -44,8 +48,11 @@ class GPTConfig:
             (self.mlp_ratio > 0 and int(self.mlp_ratio * self.n_embd) > 0,
              f"mlp_ratio must give an MLP at least one unit wide, got {self.mlp_ratio}"),
             (self.rope_theta > 0, f"rope_theta must be positive, got {self.rope_theta}"),
-            (self.n_embd % self.n_head == 0,
+            (self.n_embd % self.n_head == 0 or self.head_size is not None,
              f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"),
+            (self.mlp_hidden_size is None or self.mlp_hidden_size > 0,
+             f"mlp_hidden_size must be positive, got {self.mlp_hidden_size}"),
+            (self.head_size is None or self.head_size > 0, f"head_size must be positive, got {self.head_size}"),
             (self.n_kv_head > 0 and self.n_head % self.n_kv_head == 0,
              f"n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head})"),
             (self.position in ("learned", "rope", "none"),
@@ -62,10 +69,12 @@ class GPTConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+        return self.head_size or self.n_embd // self.n_head
 
     @property
     def mlp_hidden(self) -> int:
+        if self.mlp_hidden_size is not None:
+            return self.mlp_hidden_size
         # SwiGLU has three matrices instead of two: shrink it to keep the parameter count.
         hidden = int(self.mlp_ratio * self.n_embd)
         return hidden if self.mlp == "gelu" else 64 * math.ceil(2 * hidden / 3 / 64)
@@ -170,15 +179,16 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
         kv_dim = 2 * config.n_kv_head * config.head_dim
-        self.qkv = nn.Linear(config.n_embd, config.n_embd + kv_dim, bias=config.bias)
-        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.q_dim = config.n_head * config.head_dim  # n_embd, unless heads were pruned
+        self.qkv = nn.Linear(config.n_embd, self.q_dim + kv_dim, bias=config.bias)
+        self.proj = nn.Linear(self.q_dim, config.n_embd, bias=config.bias)
         self.proj.residual_out = True
         self.dropout = config.dropout
         self.use_rope = config.position == "rope"
 
     def forward(self, x, rope=None, cache: KVCache | None = None, layer: int = 0):
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split([C, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=2)
+        q, k, v = self.qkv(x).split([self.q_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=2)
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
         k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
@@ -192,7 +202,7 @@ class CausalSelfAttention(nn.Module):
             q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0,
             enable_gqa=self.n_kv_head != self.n_head,
         )
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        y = y.transpose(1, 2).contiguous().view(B, T, self.q_dim)
         return F.dropout(self.proj(y), self.dropout, self.training)
 
 

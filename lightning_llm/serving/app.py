@@ -1,8 +1,9 @@
 """The HTTP side: a FastAPI app speaking OpenAI's wire format over a Service.
 
-Routes: GET /v1/models, POST /v1/completions, POST /v1/chat/completions, the tokenizer
+Routes: GET /v1/models, GET /v1/templates, POST /v1/completions, POST /v1/chat/completions, the tokenizer
 endpoints vLLM serves (GET /tokenizer_info, POST /tokenize, POST /detokenize), GET /health
-(no key) and GET /metrics (no key, Prometheus text). One pure-ASGI guard in front of all of
+(no key), GET /metrics (no key, Prometheus text) and GET / (no key: the playground page, a
+static client of the same API, from static/). One pure-ASGI guard in front of all of
 them checks the API key and the body size before any work, and counts every answer.
 """
 
@@ -15,6 +16,7 @@ import os
 import time
 import uuid
 from contextlib import asynccontextmanager
+from importlib.resources import files
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -31,9 +33,17 @@ from lightning_llm.serving.protocol import (
 )
 from lightning_llm.serving.service import Job, Service, replay
 
-OPEN_PATHS = {"/health", "/metrics"}  # what load balancers and scrapers reach without a key
+# The playground's files (URL path: file in static/, media type). The page holds no data and no key:
+# it asks for the key and sends it with the API calls it makes.
+PLAYGROUND = {"/": ("index.html", "text/html; charset=utf-8"),
+              "/static/playground.js": ("playground.js", "text/javascript; charset=utf-8"),
+              "/static/playground.css": ("playground.css", "text/css; charset=utf-8")}
+# Only this origin's script and style; the page talks to this server and nothing else.
+PLAYGROUND_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
+                  "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+OPEN_PATHS = {"/health", "/metrics", *PLAYGROUND}  # what load balancers, scrapers and browsers reach without a key
 ENDPOINTS = {"/v1/models", "/v1/completions", "/v1/chat/completions", "/tokenizer_info", "/tokenize", "/detokenize",
-             "/health", "/metrics"}
+             "/health", "/metrics", "/v1/templates", *PLAYGROUND}
 
 
 def error_response(err: APIError) -> JSONResponse:
@@ -203,6 +213,21 @@ def create_app(service: Service) -> FastAPI:
             raise APIError(503, "the server is not ready (warming up or shutting down)", type="server_error",
                            code="unavailable", headers={"Retry-After": "1"})
 
+    static = {path: (files("lightning_llm.serving").joinpath("static", name).read_bytes(), media)
+              for path, (name, media) in PLAYGROUND.items()}
+
+    def playground_file(path: str):
+        content, media = static[path]
+        headers = {"Content-Security-Policy": PLAYGROUND_CSP, "X-Content-Type-Options": "nosniff",
+                   "Cache-Control": "no-cache"}
+
+        async def route() -> Response:  # no parameters: nothing in the request chooses the file
+            return Response(content, media_type=media, headers=headers)
+        return route
+
+    for path in PLAYGROUND:
+        app.add_api_route(path, playground_file(path), methods=["GET"], include_in_schema=False)
+
     @app.get("/health")
     async def health():
         if not service.ready:
@@ -218,6 +243,15 @@ def create_app(service: Service) -> FastAPI:
     async def models():
         return {"object": "list", "data": [{"id": service.model_name, "object": "model", "created": service.created,
                                             "owned_by": "lightning-llm", "max_model_len": service.context}]}
+
+    @app.get("/v1/templates")
+    async def templates():
+        """The chat templates a request may name (`template`), which one it gets without, and the
+        index a request with `rag` retrieves from (null: none)."""
+        default = service.default_template.name
+        return {"object": "list", "data": [{"name": name, "default": name == default}
+                                           for name in service.template_names()],
+                "rag_index": service.index.name if service.index is not None else None}
 
     @app.get("/tokenizer_info")
     async def tokenizer_info():

@@ -7,8 +7,10 @@ or cancelled request leaves at once and frees its row for the next one in the qu
 results do not depend on the company a request keeps, and a seeded request samples from its
 own generator, so batching changes no result. With batching=False requests run one at a time.
 
-Consumers read a RequestHandle: `events()` blocks (threads, tests), `aevents()` awaits (the
-HTTP server; the engine thread wakes it with loop.call_soon_threadsafe, nothing polls).
+Consumers read a RequestHandle: `events()` blocks (threads, tests), `abatches()` awaits (the
+HTTP server) the events that came since it last looked, all together: the engine thread wakes
+an awaiting consumer with loop.call_soon_threadsafe, once per wait rather than per token, and
+nothing polls.
 Abandoning either iteration before the last event cancels the request.
 """
 
@@ -74,7 +76,11 @@ class RequestHandle:
 
     prompt_logprobs (when asked) and prompt_loss are set before the first event. A stop token
     (eos_id or stop_token_ids) comes as the final event's token_id with finish_reason "stop";
-    "cancelled" and "error" events carry no token."""
+    "cancelled" and "error" events carry no token.
+
+    The engine thread only appends to the handle's buffer; it wakes an asyncio consumer only when
+    that consumer waits for it (one loop.call_soon_threadsafe per wait, not per token), so the
+    events that pile up meanwhile are taken together (`abatches`)."""
 
     def __init__(self, engine: Engine, prompt: list[int], params: SamplingParams):
         self.engine, self.prompt, self.params = engine, prompt, params
@@ -84,9 +90,9 @@ class RequestHandle:
         self.cancelled = False
         self.finished = False  # the final event was delivered
         self.lock = threading.Condition()
-        self.buffer: collections.deque[TokenEvent] = collections.deque()
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.async_queue: asyncio.Queue | None = None
+        self.buffer: collections.deque[TokenEvent] = collections.deque()  # at most max_tokens + 1 events
+        # An asyncio consumer waiting for events: (its loop, the future to resolve, final events only).
+        self.waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future, bool] | None = None
 
     def cancel(self) -> None:
         """Stop this request: the engine drops it before its next step (a queued one at once)."""
@@ -98,13 +104,14 @@ class RequestHandle:
             if self.finished:
                 return
             self.finished = event.finish_reason is not None
-            if self.loop is None:
-                self.buffer.append(event)
-                self.lock.notify()
+            self.buffer.append(event)
+            self.lock.notify()
+            waiter = self.waiter
+            if waiter is None or (waiter[2] and not self.finished):
                 return
-            loop, queue = self.loop, self.async_queue
+            self.waiter = None
         try:
-            loop.call_soon_threadsafe(queue.put_nowait, event)
+            waiter[0].call_soon_threadsafe(_resolve, waiter[1])
         except RuntimeError:  # the consumer's event loop is closed: nobody is listening
             pass
 
@@ -123,21 +130,49 @@ class RequestHandle:
             if not done:
                 self.cancel()
 
-    async def aevents(self) -> AsyncIterator[TokenEvent]:
-        """Events until the final one, awaited in the caller's event loop."""
-        with self.lock:
-            self.loop, self.async_queue = asyncio.get_running_loop(), asyncio.Queue()
-            while self.buffer:
-                self.async_queue.put_nowait(self.buffer.popleft())
-        done = False
+    async def abatches(self, interval: float = 0.0) -> AsyncIterator[list[TokenEvent]]:
+        """The events until the final one, awaited in the caller's event loop, in lists of those
+        that came since the last. With `interval` (seconds), a list follows the previous one no
+        sooner than that unless it holds the final event: the first and the last are never held
+        back, and the tokens in between travel together."""
+        loop = asyncio.get_running_loop()
+        done, last = False, None
         try:
             while not done:
-                event = await self.async_queue.get()
-                done = event.finish_reason is not None
-                yield event
+                events = await self.take(loop, None if last is None or interval <= 0 else last + interval)
+                last = loop.time()
+                done = events[-1].finish_reason is not None
+                yield events
         finally:
             if not done:
                 self.cancel()
+
+    async def take(self, loop: asyncio.AbstractEventLoop, hold_until: float | None) -> list[TokenEvent]:
+        """Every buffered event, once there is one and hold_until (loop time) has passed or the
+        final event came."""
+        while True:
+            with self.lock:
+                held = hold_until is not None and loop.time() < hold_until
+                if self.buffer and (self.finished or not held):
+                    events = list(self.buffer)
+                    self.buffer.clear()
+                    return events
+                future = loop.create_future()
+                self.waiter = (loop, future, held)
+            timer = loop.call_at(hold_until, _resolve, future) if held else None
+            try:
+                await future
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                with self.lock:
+                    if self.waiter is not None and self.waiter[1] is future:
+                        self.waiter = None
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class Engine:
@@ -252,10 +287,33 @@ class Engine:
 
     # --- the engine thread -----------------------------------------------------------------------
 
+    @property
+    def alive(self) -> bool:
+        """The engine thread is running (it was started and has not stopped)."""
+        return self.thread is not None and self.thread.is_alive()
+
     def loop(self) -> None:
+        """The engine thread. However it ends, no request is left waiting: if it dies (a bug, not
+        a failed step, which fails only its requests), it refuses new requests and ends every
+        queued and running one with "error"."""
+        try:
+            self.run()
+        except BaseException:
+            log.exception("the engine stopped: its requests end with an error and new ones are refused")
+        finally:
+            with self.lock:
+                self.accepting = False
+                left = [*self.queue, *self.running]
+                self.queue.clear()
+                self.running = []
+                self.lock.notify_all()
+            for handle in left:
+                handle.row = None
+                handle.deliver(TokenEvent(None, finish_reason="error"))
+
+    def run(self) -> None:
         with torch.inference_mode():
-            batch = Batch(self.model, self.max_batch_size, eos_id=self.eos_id, slide=self.slide,
-                          prompt_loss=self.prompt_loss)
+            batch = self.new_batch()
             while True:
                 with self.lock:
                     while not (self.queue or self.running or self.stopping):
@@ -285,11 +343,14 @@ class Engine:
                     with self.lock:
                         failed, self.running = self.running, []
                         self.lock.notify_all()
-                    batch = Batch(self.model, self.max_batch_size, eos_id=self.eos_id, slide=self.slide,
-                                  prompt_loss=self.prompt_loss)
+                    batch = self.new_batch()
                     for handle in failed:
                         handle.row = None
                         handle.deliver(TokenEvent(None, finish_reason="error"))
+
+    def new_batch(self) -> Batch:
+        return Batch(self.model, self.max_batch_size, eos_id=self.eos_id, slide=self.slide,
+                     prompt_loss=self.prompt_loss)
 
     def admit(self, batch: Batch, handles: list[RequestHandle]) -> None:
         """Prefill the new requests into free rows; they decode from this step on."""

@@ -111,7 +111,9 @@ class ContentPart(Strict):
 
 
 class ChatMessage(Strict):
-    role: Literal["system", "developer", "user", "assistant"]
+    # Any string here: the chat template says which roles it takes (a 400 naming messages.<i>.role).
+    # OpenAI's `developer` is its newer name for `system`, and is rendered as one.
+    role: str
     content: str | list[ContentPart] | None = None
     name: str | None = None
     # What a client gets back in an assistant message and may send again: accepted; tool calls
@@ -128,8 +130,18 @@ class ChatMessage(Strict):
         return self.content or ""
 
 
+class RagOptions(Strict):
+    """The `rag` extension: retrieve passages for the last user message from the server's index."""
+
+    top_k: int | None = Field(None, ge=1)  # null: the server's rag.top_k
+
+
 class ChatRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
+    # Extensions: a chat template by name (GET /v1/templates lists them; null: the server's default), and
+    # retrieval-augmented generation (the answer then carries `citations`).
+    template: str | None = None
+    rag: RagOptions | None = None
     max_tokens: int | None = Field(None, ge=1)  # the older name of max_completion_tokens
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False

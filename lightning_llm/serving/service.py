@@ -8,6 +8,7 @@ response cache and the metrics all live here.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -15,22 +16,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lightning_llm.data.tokenizer import EOT, UNK
+from lightning_llm.errors import UserError
+from lightning_llm.model.generation import inference_dtype, prepare_for_inference
 from lightning_llm.model.io import Artifact
 from lightning_llm.serving.cache import ResponseCache, cache_key, deterministic
 from lightning_llm.serving.engine import Engine, EngineClosed, QueueFull, RequestHandle, SamplingParams
 from lightning_llm.serving.metrics import Metrics
 from lightning_llm.serving.protocol import APIError, ChatRequest, CompletionRequest, SamplingFields
 from lightning_llm.serving.settings import ServeSettings
-from lightning_llm.serving.text import (
-    DEFAULT_CHAT_TEMPLATE,
-    IncrementalDecoder,
-    StopMatcher,
-    render_chat,
-    special_tokens,
-    token_text,
-)
+from lightning_llm.serving.text import IncrementalDecoder, StopMatcher, special_tokens, token_text
+from lightning_llm.templates import ChatTemplate, MessageError, known_templates, load_template, model_template
 
 RETRY_AFTER_S = "1"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -50,30 +48,39 @@ class Sequence:
     text: str = ""
     finish_reason: str | None = None
     first_token_at: float | None = None
+    reported: int = 0  # tokens that went with the deltas so far
 
-    async def deltas(self) -> AsyncIterator[tuple[str, int]]:
-        """(new text, how many tokens were generated before it) until the sequence ends; the last
-        delta comes with finish_reason set. A sequence left unfinished is cancelled."""
+    async def deltas(self, interval: float = 0.0) -> AsyncIterator[tuple[str, int]]:
+        """(new text, start) until the sequence ends, where the delta stands for tokens[start:]
+        (with any whose text was held back before); the last delta comes with finish_reason set. The tokens that came together (no sooner than
+        `interval` seconds after the last delta, see RequestHandle.abatches) make one delta. A
+        sequence left unfinished is cancelled."""
         try:
-            async for event in self.handle.aevents():
-                start = len(self.tokens)
-                piece, stopped = "", False
-                if event.token_id is not None and event.finish_reason not in ("cancelled", "error"):
-                    if self.first_token_at is None:
-                        self.first_token_at = time.perf_counter()
-                    self.tokens.append(event.token_id)
-                    self.logprobs.append(event.logprob)
-                    self.tops.append(event.top_logprobs)
-                    if event.token_id not in self.stop_ids:
-                        piece, stopped = self.stops.push(self.decoder.push(event.token_id))
-                if stopped:
-                    self.handle.cancel()  # a stop string ends it here: the engine computes no more
-                    self.finish_reason = "stop"
-                elif event.finish_reason is not None:
-                    piece += self.stops.flush()
-                    self.finish_reason = event.finish_reason
+            async for events in self.handle.abatches(interval):
+                pieces = []
+                for event in events:
+                    if event.token_id is not None and event.finish_reason not in ("cancelled", "error"):
+                        if self.first_token_at is None:
+                            self.first_token_at = time.perf_counter()
+                        self.tokens.append(event.token_id)
+                        self.logprobs.append(event.logprob)
+                        self.tops.append(event.top_logprobs)
+                        if event.token_id not in self.stop_ids:
+                            piece, stopped = self.stops.push(self.decoder.push(event.token_id))
+                            pieces.append(piece)
+                            if stopped:
+                                self.handle.cancel()  # a stop string ends it here: the engine computes no more
+                                self.finish_reason = "stop"
+                                break
+                    if event.finish_reason is not None:
+                        pieces.append(self.stops.flush())
+                        self.finish_reason = event.finish_reason
+                piece = "".join(pieces)
                 self.text += piece
                 if piece or self.finish_reason is not None:
+                    # tokens whose text was held back (a possible stop string, half a character)
+                    # go with this delta: start counts the tokens that went with earlier ones
+                    start, self.reported = self.reported, len(self.tokens)
                     yield piece, start
                 if self.finish_reason is not None:
                     return
@@ -98,6 +105,8 @@ class Job:
     logprobs: int | None = None  # alternatives per token; None: no logprobs
     include_usage: bool = False
     expired: bool = False  # serve.request_timeout ran out
+    citations: list[dict] | None = None  # chat with `rag`: the passages put in the prompt (the first chunk carries them)
+    citations_sent: bool = False
 
     def cancel(self) -> None:
         for seq in self.sequences:
@@ -122,13 +131,34 @@ class Service:
         self.specials = special_tokens(self.tokenizer)
         self.eos_id = self.tokenizer.token_to_id(EOT)
         self.unk_id = self.tokenizer.token_to_id(UNK)
-        self.chat_template = settings.chat_template or DEFAULT_CHAT_TEMPLATE
+        # Chat templates: the model's own (recorded in its manifest), the server's default for requests
+        # that name none (serve.chat_template as "custom", else template=<name>, else the model's), and
+        # any conf/template/ name a request gives.
+        self.model_template = model_template(artifact.manifest)
+        if settings.chat_template:
+            self.default_template = ChatTemplate(name="custom", source=settings.chat_template)
+        elif settings.template:
+            self.default_template = load_template(settings.template)
+        else:
+            self.default_template = self.model_template
+        self.chat_template = self.default_template.source
+        self.index = None
+        if settings.rag_dir is not None:
+            from lightning_llm.rag import load_index
+
+            self.index = load_index(settings.rag_dir)
         self.metrics = metrics or Metrics()
         self.cache = ResponseCache(settings.cache_size)
+        try:  # weights cast once here (bf16 halves the bytes a decode step reads); the file is untouched
+            dtype, why = inference_dtype(artifact.model, settings.dtype, batch=settings.max_batch_size)
+        except ValueError as err:
+            raise UserError(f"serve.{err}") from None
+        prepare_for_inference(artifact.model, dtype)
+        log.info("model weights: %s", why)
         self.engine = Engine(artifact.model, max_batch_size=settings.max_batch_size, max_queue=settings.max_queue,
                              eos_id=self.eos_id, batching=settings.batching, slide=settings.slide,
                              on_step=self.on_step)
-        self.ready = False
+        self.warm = False  # warmed up and not stopping
         self.created = int(time.time())
 
     # --- life cycle ----------------------------------------------------------------------------
@@ -141,12 +171,19 @@ class Service:
             prompt = [self.eos_id if self.eos_id is not None else 0] * max(1, min(8, self.context // 2))
             handle = self.engine.submit(prompt, SamplingParams(max_tokens=min(4, self.context - len(prompt)),
                                                                temperature=0.0, logprobs=1, prompt_logprobs=True))
-            for _ in handle.events():
-                pass
-        self.ready = True
+            last = list(handle.events())[-1]
+            if last.finish_reason not in ("stop", "length"):  # a model that cannot generate never says ready
+                self.engine.shutdown(drain_timeout=0)
+                raise RuntimeError(f"the warm-up generation ended with {last.finish_reason!r} (the log says why)")
+        self.warm = True
+
+    @property
+    def ready(self) -> bool:
+        """Answering requests: warmed up, not stopping, and the engine alive (/health says so)."""
+        return self.warm and self.engine.alive
 
     def stop(self) -> None:
-        self.ready = False
+        self.warm = False
         self.engine.shutdown(drain_timeout=self.settings.drain_timeout)
 
     def on_step(self, batch_size: int) -> None:
@@ -280,14 +317,17 @@ class Service:
             raise APIError(400, "top_logprobs needs logprobs=true", param="top_logprobs")
         if request.n > s.max_queue:
             raise APIError(400, f"n={request.n} is more sequences than this server queues ({s.max_queue})", param="n")
-        messages = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})}
-                    for m in request.messages]
+        template = self.template(request.template)
+        # OpenAI's `developer` messages are what `system` messages were: templates render them as such.
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text(),
+                     **({"name": m.name} if m.name else {})} for m in request.messages]
         try:
-            text = render_chat(messages, template=self.chat_template, specials=self.specials)
-        except Exception as err:  # a template may refuse a conversation (raise_exception) or fail on it
-            raise APIError(400, f"messages: the chat template refused them: {err}", param="messages") from None
-        prompt = self.encode(text, "messages")
+            template.check(messages)
+        except MessageError as err:
+            raise APIError(400, str(err), param=err.param, code="invalid_value") from None
         given = request.max_completion_tokens or request.max_tokens
+        hits = self.retrieve(request, messages, template)
+        prompt, hits = self.chat_prompt(template, messages, hits, room=given or 1)
         param = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"
         max_tokens = given if given is not None else s.max_tokens
         if given is not None and given > s.max_tokens:
@@ -297,11 +337,78 @@ class Service:
         logprobs = (request.top_logprobs or 0) if request.logprobs else None
         job = Job(kind="chat", id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=self.model_name,
                   prompts=[prompt], sequences=[], arrived=arrived, logprobs=logprobs,
-                  include_usage=bool(request.stream_options and request.stream_options.include_usage))
+                  include_usage=bool(request.stream_options and request.stream_options.include_usage),
+                  citations=None if hits is None else [hit.citation() for hit in hits])
         jobs = [(j, 0, prompt, self.params(request, max_tokens=max_tokens, seed_offset=j, logprobs=logprobs,
                                         prompt_logprobs=False)) for j in range(request.n)]
         self.submit(job, jobs, request.stop_list(), frozenset({self.eos_id}))
         return job
+
+    # --- templates and retrieval -------------------------------------------------------------------
+
+    def template(self, name: str | None) -> ChatTemplate:
+        """The template a request names (null: the server's default); an unknown name is a 400."""
+        if name is None or name == self.default_template.name:
+            return self.default_template
+        if name == self.model_template.name:
+            return self.model_template
+        try:
+            return load_template(name)
+        except Exception as err:  # UserError: not a name, not a file; a broken file says why
+            raise APIError(400, str(err), param="template", code="invalid_value") from None
+
+    def template_names(self) -> list[str]:
+        return sorted({*known_templates(), self.default_template.name, self.model_template.name})
+
+    def retrieve(self, request: ChatRequest, messages: list[dict], template: ChatTemplate) -> list | None:
+        """The passages for a request with `rag` (or whose template asks for them, where there is an
+        index), best first; None: nothing asked for retrieval."""
+        s = self.settings
+        if request.rag is None:
+            if not template.rag_top_k or self.index is None:
+                return None
+            query = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+            return self.index.search(query, min(template.rag_top_k, s.rag_max_top_k)) if query.strip() else []
+        if self.index is None:
+            raise APIError(400, "rag: this server has no index (start it with rag.index=<name>, built by `llm index`)",
+                           param="rag", code="invalid_value")
+        top_k = request.rag.top_k or s.rag_top_k
+        if top_k > s.rag_max_top_k:
+            raise APIError(400, f"rag.top_k={top_k} is more than this server allows ({s.rag_max_top_k})",
+                           param="rag.top_k", code="invalid_value")
+        query = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        if not query.strip():
+            raise APIError(400, "rag needs a user message to search for", param="rag", code="invalid_value")
+        return self.index.search(query, top_k)
+
+    def chat_prompt(self, template: ChatTemplate, messages: list[dict], hits: list | None, *,
+                    room: int) -> tuple[list[int], list | None]:
+        """The prompt's ids with as many of the passages as fit: the lowest-scored go first until the
+        prompt leaves `room` tokens of the context (without passages, check_length judges it)."""
+        hits = list(hits) if hits is not None else None
+        while True:
+            documents = None if not hits else \
+                [{"title": self.known_text(f"{h.source}:{h.lines[0]}-{h.lines[1]}"), "text": self.known_text(h.text)}
+                 for h in hits]
+            try:
+                text = template.render(messages, specials=self.specials, documents=documents)
+            except MessageError as err:  # the template's own refusal (raise_exception)
+                raise APIError(400, str(err), param=err.param, code="invalid_value") from None
+            prompt = self.encode(text, "messages")
+            if not hits or self.settings.slide or len(prompt) + room <= self.context:
+                return prompt, hits
+            hits.pop()
+
+    def known_text(self, text: str) -> str:
+        """A passage (or its file name) without the characters the tokenizer does not know (a retrieved
+        file may hold any; a client's own text with them is refused instead)."""
+        if self.unk_id is None:
+            return text
+        encoding = self.tokenizer.encode(text)
+        cuts = [span for token, span in zip(encoding.ids, encoding.offsets) if token == self.unk_id]
+        for start, end in reversed(cuts):
+            text = text[:start] + text[end:]
+        return text
 
     def submit(self, job: Job, jobs: list, stops: list[str], stop_ids: frozenset[int]) -> None:
         """Hand every sequence to the engine, or none: a full queue cancels those already in."""
@@ -332,16 +439,17 @@ class Service:
 
     async def stream(self, job: Job) -> AsyncIterator[tuple[Sequence, str, int]]:
         """(sequence, new text, tokens before it) as any of the job's sequences moves on."""
+        interval = self.settings.stream_interval
         if len(job.sequences) == 1:
             seq = job.sequences[0]
-            async for piece, start in seq.deltas():
+            async for piece, start in seq.deltas(interval):
                 yield seq, piece, start
             return
         queue: asyncio.Queue = asyncio.Queue()
 
         async def pump(seq: Sequence):
             try:
-                async for piece, start in seq.deltas():
+                async for piece, start in seq.deltas(interval):
                     queue.put_nowait((seq, piece, start))
                 queue.put_nowait((seq, None, 0))
             except Exception as err:  # handed to the reader, which raises it
@@ -447,14 +555,20 @@ class Service:
                                 "logprobs": None if job.logprobs is None else self.chat_logprobs(seq, 0),
                                 "finish_reason": seq.finish_reason})
         obj = "text_completion" if job.kind == "completion" else "chat.completion"
-        return {"id": job.id, "object": obj, "created": job.created, "model": job.model, "choices": choices,
-                "usage": self.usage(job)}
+        out = {"id": job.id, "object": obj, "created": job.created, "model": job.model, "choices": choices,
+               "usage": self.usage(job)}
+        if job.citations is not None:  # the rag extension: beside the choices
+            out["citations"] = job.citations
+        return out
 
     def chunk(self, job: Job, choices: list[dict], usage: dict | None = None) -> dict:
         obj = "text_completion" if job.kind == "completion" else "chat.completion.chunk"
         out = {"id": job.id, "object": obj, "created": job.created, "model": job.model, "choices": choices}
         if job.include_usage:
             out["usage"] = usage
+        if job.citations is not None and not job.citations_sent:  # the first chunk carries them
+            out["citations"] = job.citations
+            job.citations_sent = True
         return out
 
     def delta_choice(self, job: Job, seq: Sequence, piece: str, start: int, *, first: bool) -> dict:
@@ -484,6 +598,8 @@ def replay(body: dict, *, include_usage: bool) -> list[dict]:
         chunks.append({**head, "choices": [choice], **({"usage": None} if include_usage else {})})
     if include_usage:
         chunks.append({**head, "choices": [], "usage": body["usage"]})
+    if "citations" in body and chunks:
+        chunks[0]["citations"] = body["citations"]
     return chunks
 
 

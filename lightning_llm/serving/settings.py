@@ -29,6 +29,7 @@ class ServeSettings:
     api_keys: list[str] = field(default_factory=list, repr=False)  # Bearer keys; empty and no env var: no auth
     api_keys_env: str | None = "LLM_API_KEYS"  # an environment variable holding more keys, comma-separated
     max_batch_size: int = 8           # sequences decoded together in one step
+    dtype: str = "float32"            # weights in float32 | bfloat16 (native bf16 only) | auto (the faster, measured)
     max_queue: int = 64               # sequences waiting for a batch slot; a full queue answers 429
     batching: bool = True             # false: one sequence at a time (for comparison)
     slide: bool = False               # true: generation goes on past the context window (the last half is kept)
@@ -41,10 +42,17 @@ class ServeSettings:
     max_logprobs: int = 20            # alternatives per token (logprobs, top_logprobs)
     max_stop: int = 4                 # stop strings per request
     max_body_bytes: int = 1_000_000   # larger request bodies get 413
+    stream_interval: float = 0.02     # seconds: a sequence's tokens reach HTTP at most this often (those
+                                      # that come meanwhile travel together, one SSE chunk); 0: each token
     request_timeout: float = 120.0    # seconds a request may take, queueing included
     drain_timeout: float = 30.0       # on SIGTERM/SIGINT: seconds in-flight requests get to finish
     cache_size: int = 1024            # deterministic responses kept (LRU); 0 turns the cache off
-    chat_template: str | None = None  # a Jinja chat template; null: the plain default role-marker template
+    chat_template: str | None = None  # a Jinja chat template (served as "custom"); null: the template below
+    template: str | None = None       # `template=<name>` (conf/template/): the default for requests; null: the model's
+    rag_index: str | None = None      # `rag.index=<name>`: the index requests with `rag` retrieve from; null: none
+    rag_dir: str | None = None        # where that index is (<output_root>/index/<name>), set by the stage
+    rag_top_k: int = 3                # passages a request with `rag: {}` gets
+    rag_max_top_k: int = 10           # the most passages a request may ask for
     warmup: bool = True               # run a short generation before answering
     access_log: bool = False          # uvicorn's line per request (costs CPU under load)
 
@@ -54,14 +62,20 @@ class ServeSettings:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.dtype not in ("float32", "bfloat16", "auto"):
+            raise ValueError(f"dtype must be float32, bfloat16 or auto, got {self.dtype!r}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535 (0: any free port), got {self.port}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be at least 1 (or null), got {self.threads}")
+        if not 1 <= self.rag_top_k <= self.rag_max_top_k:
+            raise ValueError(f"rag.top_k must be at least 1 and at most rag.max_top_k ({self.rag_max_top_k}), "
+                             f"got {self.rag_top_k}")
         if self.cache_size < 0 or self.max_logprobs < 0:
             raise ValueError("cache_size and max_logprobs must be at least 0")
-        if self.request_timeout <= 0 or self.drain_timeout < 0:
-            raise ValueError("request_timeout must be positive and drain_timeout at least 0")
+        if self.request_timeout <= 0 or self.drain_timeout < 0 or not 0 <= self.stream_interval <= 1:
+            raise ValueError("request_timeout must be positive, drain_timeout at least 0 and stream_interval "
+                             "in 0..1 seconds")
         if self.default_max_tokens > self.max_tokens:
             raise ValueError(f"default_max_tokens ({self.default_max_tokens}) exceeds max_tokens ({self.max_tokens})")
         if any(not isinstance(k, str) or not k for k in self.api_keys):

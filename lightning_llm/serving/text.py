@@ -1,23 +1,20 @@
-"""Text on the server's side of the tokenizer: incremental decoding, stop strings, the chat template."""
+"""Text on the server's side of the tokenizer: incremental decoding, stop strings, special tokens (the chat
+templates live in lightning_llm/templates.py)."""
 
 from __future__ import annotations
 
 from functools import lru_cache
 
-from jinja2 import TemplateError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
 from lightning_llm.data.tokenizer import EOT
+from lightning_llm.templates import DEFAULT_TEMPLATE, compile_template, load_template, render_chat
 
-# Until the templates issue stores templates with the model: plain role markers, a blank line
-# between turns (a play script, which the default corpus knows), and the assistant's marker last.
-DEFAULT_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ message['role'] | upper }}:\n{{ message['content'] }}\n\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT:\n{% endif %}"
-)
+__all__ = ["DEFAULT_CHAT_TEMPLATE", "IncrementalDecoder", "StopMatcher", "compile_template", "render_chat",
+           "special_tokens", "token_text"]
+
+# The plain role-marker template (conf/template/plain.yaml): what a model that records none is served with.
+DEFAULT_CHAT_TEMPLATE = load_template(DEFAULT_TEMPLATE).source
 
 
 class IncrementalDecoder:
@@ -84,22 +81,3 @@ def special_tokens(tokenizer: Tokenizer) -> dict[str, str | None]:
     vocab = tokenizer.get_vocab(with_added_tokens=True)
     eot = EOT if EOT in vocab else None
     return {"eos_token": eot, "bos_token": eot, "pad_token": "<|pad|>" if "<|pad|>" in vocab else None}
-
-
-@lru_cache(maxsize=8)
-def compile_template(source: str):
-    """A chat template compiled the way transformers' apply_chat_template does: sandboxed, immutable."""
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-
-    def raise_exception(message):
-        raise TemplateError(message)
-
-    env.globals["raise_exception"] = raise_exception
-    return env.from_string(source)
-
-
-def render_chat(messages: list[dict], *, template: str, specials: dict[str, str | None],
-                add_generation_prompt: bool = True) -> str:
-    """The prompt text of a conversation: messages are {"role", "content"} dicts."""
-    return compile_template(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                             **{k: v or "" for k, v in specials.items()})

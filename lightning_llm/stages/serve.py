@@ -12,7 +12,8 @@ from lightning_llm.stages.common import stage
 
 @stage("serve")
 def main(cfg: DictConfig) -> None:
-    settings = to_dataclass(ServeSettings, cfg.serve, "serve", ckpt=str(cfg.ckpt), device=str(cfg.device))
+    settings = to_dataclass(ServeSettings, cfg.serve, "serve", ckpt=str(cfg.ckpt), device=str(cfg.device),
+                            **template_and_index(cfg))
     # Settings are checked before torch is imported: a wrong one fails in a second.
     from lightning_llm.model.io import load_artifact, resolve_device
     from lightning_llm.serving.server import serve
@@ -21,6 +22,27 @@ def main(cfg: DictConfig) -> None:
         settings.device = resolve_device(settings.device)
     except ValueError as err:
         raise UserError(str(err)) from None
+    if settings.rag_dir is not None:
+        from lightning_llm.rag import load_index
+
+        index = load_index(settings.rag_dir)  # missing, empty or unreadable: one line before the port opens
+        print(f"rag: index {index.name} ({index.meta['passages']:,} passages from {index.meta['files']} files "
+              f"under {index.meta['root']})", flush=True)
     # One process serves the model it loads; replicas each load their own, after this check.
     artifact = load_artifact(settings.ckpt, device=settings.device)
     serve(settings, artifact if settings.workers == 1 else None)
+
+
+def template_and_index(cfg: DictConfig) -> dict:
+    """The settings `template=<name>` and `rag.*` give: the template's name (checked now, loaded by
+    each replica) and the index's folder."""
+    from lightning_llm.config import check_name
+    from lightning_llm.rag import index_dir
+    from lightning_llm.templates import template_from_node
+
+    rag = cfg.get("rag") or {}
+    index = rag.get("index")
+    name = template_from_node(cfg.template).name if cfg.get("template") is not None else None
+    return {"template": name, "rag_index": None if index is None else check_name(index, "rag.index"),
+            "rag_dir": None if index is None else str(index_dir(cfg.paths.output_root, str(index)).resolve()),
+            "rag_top_k": rag.get("top_k", 3), "rag_max_top_k": rag.get("max_top_k", 10)}

@@ -20,32 +20,40 @@ from lightning_llm.artifacts import write_json, write_text
 from lightning_llm.config import check_targets, to_dataclass
 from lightning_llm.data import PreparedData
 from lightning_llm.errors import NothingToDo, UserError
+from lightning_llm.measured import native_bf16
 from lightning_llm.model import GPT, GPTConfig, flops_per_token
 from lightning_llm.model.io import checkpoint_mismatch, load_artifact, new_manifest, read_checkpoint, save_artifact
 from lightning_llm.stages.common import log, stage
 from lightning_llm.stages.prepare import prepared_data
+from lightning_llm.training.callbacks import wandb_names
 from lightning_llm.training.datamodule import TokenDataModule
 from lightning_llm.training.module import LanguageModel
+from lightning_llm.training.precision import choose_precision, log_choice
 
 
-def resolve_precision(precision: str, accelerator: str) -> str:
-    """`auto` picks bf16-mixed where the chip does bf16 matmuls fast (CUDA with bf16, or a CPU
-    with AVX-512 BF16 / AMX), and 32-true elsewhere: on an AVX2-only CPU bf16 is emulated and
-    far slower than fp32."""
+def resolve_precision(precision: str, accelerator: str, *, model_config: GPTConfig | None = None,
+                      batch_size: int | None = None, devices=1) -> str:
+    """`auto` picks the faster of 32-true and bf16-mixed for this model on this chip, measured by
+    timing a few training steps of each on first use (cached per machine and shape:
+    lightning_llm/training/precision.py), where bf16 is native; 32-true where bf16 is emulated
+    (an AVX2-only CPU), 16-mixed on a GPU without bf16. Without a model to time, or when several
+    processes train (each would measure alone and might choose differently), a chip with native
+    bf16 gets bf16-mixed."""
     if precision != "auto":
         return precision
     on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    if on_gpu:
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "bf16-mixed" if _cpu_has_bf16() else "32-true"
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    device = torch.device("cuda" if on_gpu else "cpu")
+    if on_gpu and not torch.cuda.is_bf16_supported():
+        return "16-mixed"
+    if not native_bf16(device):
+        return "32-true"
+    if model_config is None or batch_size is None or str(devices) != "1":
+        log.info("precision=auto: bf16-mixed (native bf16; not measured: %s)",
+                 "several processes" if model_config is not None else "no model shape given")
+        return "bf16-mixed"
+    choice, figures = choose_precision(model_config, batch_size, device)
+    log_choice(choice, figures)
+    return choice
 
 
 def git_commit() -> str | None:
@@ -131,9 +139,18 @@ def accumulation_for(cfg: DictConfig, block_size: int, world_size: int) -> int:
     return accumulate
 
 
+def run_template(cfg: DictConfig):
+    """The chat template chosen with template=<name> (conf/template/), the plain one where none is."""
+    from lightning_llm.templates import DEFAULT_TEMPLATE, load_template, template_from_node
+
+    node = cfg.get("template")
+    return template_from_node(node) if node is not None else load_template(DEFAULT_TEMPLATE)
+
+
 def check_run_config(cfg: DictConfig) -> None:
     """Refuse impossible settings before any data is prepared."""
     check_targets(cfg, "config", extra=tuple(cfg.get("allow_targets") or ()))
+    run_template(cfg)
     to_dataclass(GPTConfig, cfg.model, "model", vocab_size=1)  # the shape; the vocabulary comes from the data
     for key in ("batch_size", "val_windows", "trainer.max_steps", "trainer.accumulate_grad_batches"):
         value = OmegaConf.select(cfg, key)
@@ -160,7 +177,7 @@ class Run:
     trainer: pl.Trainer
     module: LanguageModel
     datamodule: TokenDataModule
-    data: PreparedData
+    data: PreparedData | None  # None: record() is given data_record instead (instruction fine-tuning)
     model_config: GPTConfig
     loggers: list
     precision: str
@@ -185,24 +202,42 @@ def build(cfg: DictConfig, *, extra_callbacks: tuple[pl.Callback, ...] = ()) -> 
                            bytes_per_token=meta["splits"]["val"]["bytes_per_token"])
     datamodule = TokenDataModule(data, block_size=model_config.block_size, batch_size=cfg.batch_size, seed=cfg.seed,
                                  val_windows=cfg.val_windows)
-    callbacks = [instantiate(c) for c in cfg.callbacks.values()] + list(extra_callbacks)
-    continue_wandb_run(cfg, ckpt_path)
-    loggers = [instantiate(lg) for lg in cfg.logger.values()]
-    precision = resolve_precision(str(cfg.trainer.precision), str(cfg.trainer.accelerator))
-    trainer: pl.Trainer = instantiate(cfg.trainer, precision=precision, callbacks=callbacks, logger=loggers)
-    trainer.accumulate_grad_batches = accumulation_for(cfg, model_config.block_size, trainer.world_size)
+    trainer, loggers, precision = make_trainer(cfg, block_size=model_config.block_size, ckpt_path=ckpt_path,
+                                               extra_callbacks=extra_callbacks, model_config=model_config)
     if cfg.compile:
         module.model.compile()  # in place: parameter names, so checkpoints, stay those of the plain model
+    return Run(trainer, module, datamodule, data, model_config, loggers, precision), ckpt_path
+
+
+def make_trainer(cfg: DictConfig, *, block_size: int, ckpt_path: Path | None = None,
+                 extra_callbacks: tuple[pl.Callback, ...] = (),
+                 model_config: GPTConfig | None = None) -> tuple[pl.Trainer, list, str]:
+    """The Trainer of cfg.trainer with the configured callbacks and loggers (also for `llm finetune`)."""
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()] + list(extra_callbacks)
+    continue_wandb_run(cfg, ckpt_path)
+    if "wandb" in cfg.logger:  # unset name/group: unique per run, one group per multirun
+        name, group = wandb_names(Path(cfg.paths.run_dir), cfg.experiment_name)
+        with open_dict(cfg):
+            cfg.logger.wandb.name = cfg.logger.wandb.name or name
+            cfg.logger.wandb.group = cfg.logger.wandb.group or group
+    loggers = [instantiate(lg) for lg in cfg.logger.values()]
+    precision = resolve_precision(str(cfg.trainer.precision), str(cfg.trainer.accelerator),
+                                  model_config=model_config, batch_size=cfg.batch_size, devices=cfg.trainer.devices)
+    trainer: pl.Trainer = instantiate(cfg.trainer, precision=precision, callbacks=callbacks, logger=loggers)
+    trainer.accumulate_grad_batches = accumulation_for(cfg, block_size, trainer.world_size)
     run_dir = Path(cfg.paths.run_dir)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         if isinstance(logger, WandbLogger) and trainer.is_global_zero:
             write_text(run_dir / "wandb_run_id", logger.experiment.id)
-    return Run(trainer, module, datamodule, data, model_config, loggers, precision), ckpt_path
+    return trainer, loggers, precision
 
 
-def record(cfg: DictConfig, run: Run, *, ckpt_path: Path | None, seconds: float) -> dict:
-    """Export the best weights as the run's model/ folder and write run.json; return the metrics."""
+def record(cfg: DictConfig, run: Run, *, ckpt_path: Path | None, seconds: float, exported: GPT | None = None,
+           manifest_extra: dict | None = None, data_record: dict | None = None, run_extra: dict | None = None) -> dict:
+    """Export the best weights as the run's model/ folder and write run.json; return the metrics.
+    `llm finetune` passes the model to export (its best weights, merged), its manifest section
+    (produced_by, parent, ...), what its data was, and run.json's extra keys."""
     trainer, module = run.trainer, run.module
     metrics = {k: round(float(v), 6) for k, v in trainer.callback_metrics.items()}
     # Every rank takes part: under FSDP this gathers the shards into one full copy on the CPU.
@@ -213,21 +248,25 @@ def record(cfg: DictConfig, run: Run, *, ckpt_path: Path | None, seconds: float)
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
     if best and checkpoint.best_model_score is not None:
-        exported = load_artifact(best).model
         metrics["best_val/loss"] = round(float(checkpoint.best_model_score), 6)
-    else:
+    if exported is None and best and checkpoint.best_model_score is not None:
+        exported = load_artifact(best).model
+    elif exported is None:
         exported = GPT(run.model_config)
         exported.load_state_dict(weights)
-    manifest = new_manifest(produced_by="train", tokenizer_json=module.tokenizer_json,
-                            parent=str(ckpt_path) if ckpt_path else None, data_hash=run.data.dir.name,
-                            run_dir=str(run_dir), checkpoint=best)
+    if data_record is None:
+        data_record = {"dir": str(run.data.dir), "hash": run.data.dir.name, **run.data.meta}
+    template = run_template(cfg)  # the chat template the folder records as its default (model/io.py)
+    manifest = new_manifest(**{"produced_by": "train", "tokenizer_json": module.tokenizer_json,
+                               "parent": str(ckpt_path) if ckpt_path else None, "data_hash": data_record["hash"],
+                               "run_dir": str(run_dir), "checkpoint": best, "template": template.name,
+                               "chat_template": template.source, **(manifest_extra or {})})
     save_artifact(exported, module.tokenizer_json, run_dir / "model", manifest=manifest)
-    meta = run.data.meta
     write_json(run_dir / "run.json", {
         "experiment": cfg.experiment_name, "run_dir": str(run_dir), "git_commit": git_commit(),
-        "seed": cfg.seed, "data": {"dir": str(run.data.dir), "hash": run.data.dir.name, **meta},
-        "model": {**run.model_config.to_dict(), "parameters": module.model.num_params(),
-                  "flops_per_token": flops_per_token(module.model)},
+        "seed": cfg.seed, "data": data_record,
+        "model": {**run.model_config.to_dict(), "parameters": exported.num_params(),
+                  "flops_per_token": flops_per_token(exported)},
         "precision": run.precision, "resumed_from": str(ckpt_path) if ckpt_path else None,
         "steps": trainer.global_step, "train_seconds": round(seconds, 1),
         "tokens_seen": trainer.global_step * cfg.batch_size * run.model_config.block_size
@@ -235,12 +274,13 @@ def record(cfg: DictConfig, run: Run, *, ckpt_path: Path | None, seconds: float)
         "best_checkpoint": best, "metrics": metrics,
         "versions": {p: version(p) for p in ("torch", "lightning", "hydra-core", "tokenizers", "numpy")}
                     | {"python": platform.python_version()},
-        "overrides": OmegaConf.to_container(cfg, resolve=True),
+        "overrides": OmegaConf.to_container(cfg, resolve=True), **(run_extra or {}),
     })
     for logger in run.loggers:
         if isinstance(logger, WandbLogger):
             logger.experiment.finish()  # close the run now, so that a resume at once can reopen its id
-    log.info("done in %.0f s: val/loss %s, run dir %s", seconds, metrics.get("best_val/loss"), run_dir)
+    log.info("done in %.0f s: val/loss %s, run dir %s", seconds, metrics.get("best_val/loss", metrics.get("val/loss")),
+             run_dir)
     return metrics
 
 

@@ -85,7 +85,9 @@ class Objective:
         trial.set_user_attr("overrides", overrides)
         trial.set_user_attr("command", command(overrides + [override("hydra.run.dir", str(run_dir))]))
         try:
-            cfg = compose(config_name="train", overrides=overrides + [override("paths.run_dir", str(run_dir))])
+            # One progress bar for the sweep (Optuna's, over trials): a trial's own bar would overwrite it.
+            quiet = ["~callbacks.progress_bar", "++trainer.enable_progress_bar=false"]
+            cfg = compose(config_name="train", overrides=overrides + quiet + [override("paths.run_dir", str(run_dir))])
             metrics = self.train(cfg, extra_callbacks=(PruneByStep(trial, self.spec.objective.monitor),))
             value = metrics.get(self.spec.objective.metric)
             if value is None:

@@ -22,7 +22,11 @@ PLOTS = {  # file name -> optuna.visualization.matplotlib function, and what it 
     "param_importances.png": ("plot_param_importances", "how much each parameter explains the objective"),
     "parallel_coordinate.png": ("plot_parallel_coordinate", "each trial's parameters against its objective"),
     "intermediate_values.png": ("plot_intermediate_values", "the pruner's view: val loss by step, per trial"),
+    "slice.png": ("plot_slice", "the objective against each parameter on its own, one panel per parameter"),
 }
+# Importances (PED-ANOVA, fANOVA) fit a model of objective ~ parameters to the completed trials: from a
+# handful of trials that fit mostly measures noise, so below this many none is shown.
+MIN_TRIALS_FOR_IMPORTANCES = 10
 
 
 def shown_trials(study: optuna.Study) -> list[FrozenTrial]:
@@ -66,13 +70,25 @@ def importances(study: optuna.Study) -> dict[str, float] | str:
         return f"not available: {err}"
 
 
+def too_few_for_importances(completed: int) -> str | None:
+    if completed >= MIN_TRIALS_FOR_IMPORTANCES:
+        return None
+    return (f"not shown: {completed} completed trial{'s' if completed != 1 else ''}, and importances are computed "
+            f"from {MIN_TRIALS_FOR_IMPORTANCES} or more: fitted to fewer, they mostly measure noise")
+
+
 def draw_plots(study: optuna.Study, study_dir: Path) -> dict[str, str]:
     """Each plot as a PNG; a plot the study cannot draw yet (too few trials) is skipped with its reason."""
     pyplot()  # the file-only backend, before optuna's plots import pyplot
     import optuna.visualization.matplotlib as plots
 
     skipped = {}
+    completed = sum(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
     for name, (function, _) in PLOTS.items():
+        if name == "param_importances.png" and too_few_for_importances(completed):
+            skipped[name] = too_few_for_importances(completed)
+            (study_dir / name).unlink(missing_ok=True)  # an earlier run's plot from fewer trials would mislead
+            continue
         try:
             with warnings.catch_warnings():  # few trials make empty legends and flat axes: nothing to act on
                 warnings.simplefilter("ignore")
@@ -108,7 +124,7 @@ def write_report(study: optuna.Study, spec: SweepSpec, study_dir: Path, storage_
         lines += ["No trial has completed yet.", ""]
     lines += ["## Trials", "", trials_table(trials, params, metric), ""]
     lines += ["## Parameter importances", ""]
-    found = importances(study) if len(complete) >= 2 else "not available: fewer than two completed trials"
+    found = too_few_for_importances(len(complete)) or importances(study)
     if isinstance(found, str):
         lines += [found, ""]
     else:

@@ -3,36 +3,44 @@
 from __future__ import annotations
 
 import csv
+import logging
 import time
 from pathlib import Path
 
 import lightning.pytorch as pl
+import matplotlib.image
 import torch
-import torch.nn.functional as F
 from lightning.fabric.utilities.throughput import get_available_flops
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from tokenizers import Tokenizer
 
 from lightning_llm.artifacts import pyplot, save_figure, write_text
 from lightning_llm.data.tokenizer import decode_text, prompt_ids
+from lightning_llm.measured import cache_file, matmul_peak
 from lightning_llm.model import flops_per_token
 
+log = logging.getLogger(__name__)
 
-def measure_matmul_peak(device: torch.device, dtype: torch.dtype, size: int = 1024, seconds: float = 0.3) -> float:
-    """FLOP/s of a square matmul on this device: the denominator of MFU where no datasheet figure is known.
-    Timed in nn.Linear's layout, the one the model runs (a plain bf16 `a @ b` takes a far slower
-    kernel on CPUs without native bf16: docs/benchmarks.md)."""
-    a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
-    F.linear(a, b)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    repeats, start = 0, time.perf_counter()
-    while repeats < 1 or time.perf_counter() - start < seconds:
-        F.linear(a, b)
-        repeats += 1
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return repeats * 2 * size**3 / (time.perf_counter() - start)
+
+def measure_matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
+    """FLOP/s of this device's best square matmul, the denominator of MFU where no datasheet figure
+    is known: the best of sizes 512 to 4096, each timed for at least a second, in nn.Linear's
+    layout (the one the model runs), measured once per machine and dtype and cached
+    (lightning_llm/measured.py). A single small matmul timed briefly (the earlier way) caught
+    the machine at a random moment: MFU swung from 0.18 to 0.87 between two runs."""
+    return matmul_peak(device, dtype)["flops"]
+
+
+def model_flops_utilization(achieved_flops: float, peak_flops: float) -> tuple[float, float]:
+    """(MFU, the peak it used): achieved over peak, never above 1. A measured peak below what the
+    model achieved was measured at a bad moment: the achieved figure is then the better estimate
+    of the peak, and takes its place."""
+    if achieved_flops > peak_flops:
+        log.warning("MFU: the model ran at %.3g FLOP/s, above the peak of %.3g: the peak is raised to it "
+                    "(delete %s to measure it again)", achieved_flops, peak_flops, cache_file())
+        peak_flops = achieved_flops
+    return achieved_flops / peak_flops, peak_flops
 
 
 class Throughput(pl.Callback):
@@ -69,8 +77,8 @@ class Throughput(pl.Callback):
             self.last = time.perf_counter()
             if self.elapsed > 0:
                 per_device = self.tokens / self.elapsed
-                pl_module.log_dict({"perf/tokens_per_s": per_device * trainer.world_size,
-                                    "perf/mfu": per_device * self.flops_per_token / self.peak_flops},
+                mfu, self.peak_flops = model_flops_utilization(per_device * self.flops_per_token, self.peak_flops)
+                pl_module.log_dict({"perf/tokens_per_s": per_device * trainer.world_size, "perf/mfu": mfu},
                                    prog_bar=True, rank_zero_only=True)
             self.elapsed = self.tokens = 0.0
 
@@ -85,12 +93,92 @@ class Throughput(pl.Callback):
         self.elapsed += time.perf_counter() - self.last
 
 
+class ValidateAtEnd(pl.Callback):
+    """Every fit ends with a validation: when the last step is not a multiple of
+    trainer.val_check_interval (a short run, trainer.max_steps=20 with validations every 500),
+    Lightning would stop without one, and the run would have no val metric, no best checkpoint
+    and no plot. Asking the trainer to stop at max_steps makes Lightning validate then, once:
+    a step that validates anyway is not validated twice."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.max_steps and trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
+            trainer.should_stop = True
+
+
+def read_series(metrics_csv: Path, prefixes: tuple[str, ...] = ("train/loss", "val/loss", "lr-")) -> dict:
+    """{column: (steps, values)} for the metrics.csv columns named or starting with `prefixes`."""
+    series: dict[str, tuple[list, list]] = {}
+    if not metrics_csv.exists():
+        return series
+    with open(metrics_csv) as f:
+        reader = csv.DictReader(f)
+        columns = [c for c in reader.fieldnames or () if c == "step" or c.startswith(prefixes)]
+        for row in reader:
+            for name in columns:
+                if name != "step" and row.get(name) and row.get("step"):
+                    steps, values = series.setdefault(name, ([], []))
+                    steps.append(int(row["step"]))
+                    values.append(float(row[name]))
+    return series
+
+
+def draw_loss(metrics_csv: Path, png: Path, *, title: str) -> None:
+    """plots/loss.png: train and val loss against the step on top, the learning rate below."""
+    series = read_series(metrics_csv)
+    if not any(name in series for name in ("train/loss", "val/loss")):
+        return
+    rates: dict[str, tuple[list, list]] = {}
+    for name, data in series.items():  # param groups on one schedule draw as one line
+        if name.startswith("lr-") and data not in rates.values():
+            rates[name] = data
+    fig, axes = pyplot().subplots(2 if rates else 1, 1, figsize=(7, 5.5 if rates else 4), sharex=True,
+                                  squeeze=False, gridspec_kw={"height_ratios": [3, 1.2]} if rates else None)
+    ax = axes[0][0]
+    for name in ("train/loss", "val/loss"):
+        if name in series:
+            steps, values = series[name]
+            ax.plot(steps, values, label=name, marker="o" if name.startswith("val") else None,
+                    linewidth=1 if name.startswith("train") else 2)
+    ax.set(ylabel="loss (nats per token)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if rates:
+        lr_ax = axes[1][0]
+        for name, (steps, values) in rates.items():
+            lr_ax.plot(steps, values, label=name.removeprefix("lr-"), linewidth=1)
+        lr_ax.set(ylabel="learning rate")
+        lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+        lr_ax.grid(alpha=0.3)
+        if len(rates) > 1:
+            lr_ax.legend()
+    axes[-1][0].set_xlabel("step")
+    save_figure(fig, png, dpi=110, bbox_inches="tight")
+
+
+def run_name(run_dir: Path) -> str:
+    """`<experiment>/<run dir name>`: the two folders under outputs/train/ that name a run."""
+    run_dir = Path(run_dir).resolve()
+    return f"{run_dir.parent.name}/{run_dir.name}"
+
+
+def wandb_names(run_dir: Path, experiment: str) -> tuple[str, str]:
+    """(name, group) of a run's W&B run: unique names from the run dir (its time and pid), and
+    one group per multirun (Hydra's -m puts every job under one multirun_<time> folder)."""
+    run_dir = Path(run_dir).resolve()
+    if run_dir.parent.name.startswith("multirun_"):
+        multirun = run_dir.parent.name
+        return f"{experiment}-{multirun.removeprefix('multirun_')}-{run_dir.name}", f"{experiment}-{multirun}"
+    return f"{experiment}-{run_dir.name}", experiment
+
+
 class LossPlot(pl.Callback):
-    """Redraws plots/loss.png from metrics.csv after every validation, so it survives a resume."""
+    """Redraws plots/loss.png from metrics.csv after every validation, so it survives a resume:
+    the loss curves, the learning rate on a second panel, the run's name in the title."""
 
     def __init__(self, run_dir: str):
         self.metrics = Path(run_dir) / "metrics.csv"
         self.png = Path(run_dir) / "plots" / "loss.png"
+        self.title = f"loss: {run_name(Path(run_dir))}"
 
     @rank_zero_only
     def on_validation_end(self, trainer, pl_module):
@@ -99,26 +187,32 @@ class LossPlot(pl.Callback):
         for logger in trainer.loggers:
             logger.save()
         self.draw()
+        if self.png.exists():
+            log_image(trainer, "plots/loss", self.png)
 
     def draw(self):
-        if not self.metrics.exists():
-            return
-        series: dict[str, tuple[list, list]] = {"train/loss": ([], []), "val/loss": ([], [])}
-        with open(self.metrics) as f:
-            for row in csv.DictReader(f):
-                for name, (steps, values) in series.items():
-                    if row.get(name):
-                        steps.append(int(row["step"]))
-                        values.append(float(row[name]))
-        fig, ax = pyplot().subplots(figsize=(7, 4))
-        for name, (steps, values) in series.items():
-            if steps:
-                ax.plot(steps, values, label=name, marker="o" if name.startswith("val") else None,
-                        linewidth=1 if name.startswith("train") else 2)
-        ax.set(xlabel="step", ylabel="loss (nats per token)", title="loss")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        save_figure(fig, self.png, dpi=110, bbox_inches="tight")
+        draw_loss(self.metrics, self.png, title=self.title)
+
+
+def log_image(trainer, key: str, png: Path) -> None:
+    """A PNG the run dir holds, also as a W&B image and a TensorBoard image, at this step."""
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key=key, images=[str(png)], step=trainer.global_step)
+        elif isinstance(logger, TensorBoardLogger):
+            image = matplotlib.image.imread(png)  # H x W x 4 floats in [0, 1]
+            logger.experiment.add_image(key, image[..., :3], trainer.global_step, dataformats="HWC")
+
+
+def log_samples(trainer, rows: list[tuple[str, str]], markdown: str) -> None:
+    """The samples as a W&B table (step, prompt, text) and as TensorBoard text (the Markdown of samples.md)."""
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_text(key="samples", columns=["step", "prompt", "text"],
+                            data=[[trainer.global_step, prompt, text] for prompt, text in rows],
+                            step=trainer.global_step)
+        elif isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_text("samples", markdown, trainer.global_step)
 
 
 class Samples(pl.Callback):
@@ -155,14 +249,17 @@ class Samples(pl.Callback):
         generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
         lines = [f"# Samples at step {step}", "",
                  f"temperature {self.temperature}, top-k {self.top_k}, {self.max_new_tokens} new tokens, seed {self.seed}", ""]
+        rows = []
         try:
             for prompt in self.prompts:
                 idx = torch.tensor([prompt_ids(tokenizer, prompt)], device=pl_module.device)
                 out = model.generate(idx, self.max_new_tokens, self.temperature, self.top_k, generator=generator)
                 text = decode_text(tokenizer, out[0].tolist())
                 lines += [f"## Prompt: {prompt!r}", "", "```text", text.strip("\n"), "```", ""]
+                rows.append((prompt, text))
         finally:
             model.train(was_training)
         self.written_at = step
         if trainer.is_global_zero:
             write_text(self.path, "\n".join(lines))
+            log_samples(trainer, rows, "\n".join(lines))

@@ -12,7 +12,7 @@ from torchmetrics import MeanMetric
 
 from lightning_llm.errors import UserError
 from lightning_llm.model import GPT, GPTConfig
-from lightning_llm.model.io import add_checkpoint_tokenizer, checkpoint_mismatch
+from lightning_llm.model.io import add_checkpoint_tokenizer, checkpoint_mismatch, checkpoint_tokenizer
 from lightning_llm.training.optim import param_groups
 from lightning_llm.training.parallel import shard
 
@@ -22,10 +22,11 @@ class NonFiniteLoss(UserError):
 
 
 class LanguageModel(pl.LightningModule):
-    def __init__(self, model_config: dict, tokenizer_json: str, *, optimizer: Callable | None = None,
+    def __init__(self, model_config: dict, tokenizer_json: str | None = None, *, optimizer: Callable | None = None,
                  scheduler: Callable | None = None, bytes_per_token: float = 1.0):
         """optimizer(param_groups) and scheduler(optimizer) come from config as partials.
-        The tokenizer travels inside every checkpoint, so a .ckpt alone can generate."""
+        The tokenizer travels inside every checkpoint, so a .ckpt alone can generate; None takes
+        it from the checkpoint loaded next (LanguageModel.load_from_checkpoint(path))."""
         super().__init__()
         self.save_hyperparameters("model_config", "bytes_per_token")
         self.tokenizer_json = tokenizer_json
@@ -34,11 +35,24 @@ class LanguageModel(pl.LightningModule):
         self.bytes_per_token = bytes_per_token
         self.val_loss = MeanMetric()
 
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None,
+                             weights_only: bool = True, **kwargs):
+        """Lightning's loader, with the model config and tokenizer the checkpoint carries, and never
+        by unpickling: weights_only=True whatever the caller or TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says."""
+        if not weights_only:
+            raise UserError("LanguageModel.load_from_checkpoint reads checkpoints with weights_only=True only: "
+                            "a checkpoint written by llm train needs nothing else")
+        return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
+                                            strict=strict, weights_only=True, **kwargs)
+
     def on_save_checkpoint(self, checkpoint):
         add_checkpoint_tokenizer(checkpoint, self.tokenizer_json)
 
     def on_load_checkpoint(self, checkpoint):
         """Refuse, before any weight is copied, a checkpoint of another model shape or tokenizer."""
+        if self.tokenizer_json is None:  # built by load_from_checkpoint: the checkpoint's own tokenizer
+            self.tokenizer_json = checkpoint_tokenizer(checkpoint)
         reason = checkpoint_mismatch(checkpoint, model_config=self.hparams.model_config,
                                      tokenizer_json=self.tokenizer_json)
         if reason:
@@ -73,7 +87,8 @@ class LanguageModel(pl.LightningModule):
     def validation_step(self, batch, batch_idx):
         x, y = batch
         _, loss = self.model(x, y)
-        self.val_loss.update(loss.detach(), weight=y.numel())  # a token-weighted mean, synced across ranks
+        # A token-weighted mean, synced across ranks; targets of -1 (GPT's ignore_index: padding, prompt tokens) carry no weight.
+        self.val_loss.update(loss.detach(), weight=(y != -1).sum())
 
     def on_validation_epoch_end(self):
         loss = self.val_loss.compute().item()

@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import compose_config, llm
 
+from lightning_llm.artifacts import pyplot, save_figure
 from lightning_llm.data.tokenizer import EOT, TokenizerConfig, train_tokenizer
 from lightning_llm.errors import UserError
 from lightning_llm.evaluation import EvalConfig, KneserNey, evaluate
@@ -274,10 +275,15 @@ def test_eval_metrics_reach_the_runs_wandb_summary(tmp_path, monkeypatch):
     run.finish()
     logger = {"_target_": "lightning.pytorch.loggers.WandbLogger", "project": "eval-test", "save_dir": str(tmp_path)}
     (tmp_path / "run.json").write_text(json.dumps({"overrides": {"logger": {"wandb": logger}}}))
+    plt = pyplot()
+    figure = plt.figure(figsize=(2, 2))
+    save_figure(figure, tmp_path / "eval" / "confusion_test.png")
     record_in_run(tmp_path, {"test/bpb": 2.5}, tmp_path / "eval")
     resumed = [p for p in (tmp_path / "wandb").glob(f"offline-run-*-{run.id}") if b"eval/test/bpb" in
                (p / f"run-{run.id}.wandb").read_bytes()]
     assert len(resumed) == 1  # the same W&B run id, now with the eval metrics in its summary
+    assert b"eval/confusion_test" in (resumed[0] / f"run-{run.id}.wandb").read_bytes()  # and the plot as an image
+    assert list((resumed[0] / "files" / "media" / "images" / "eval").glob("confusion_test_*.png"))
     assert json.loads((tmp_path / "run.json").read_text())["eval"]["metrics"] == {"test/bpb": 2.5}
 
 

@@ -94,3 +94,15 @@ def test_the_cli_takes_the_action_as_its_first_word(tmp_path, models):
     result = llm(["registry", "rollback", "name=nope"], outputs, check=False)
     assert result.returncode == 2 and result.stderr.strip() == \
         f"error: no registry 'nope' under {outputs / 'registry'} (registries: demo)"
+
+
+def test_a_finished_run_dir_is_promoted_by_its_model_folder_not_its_checkpoint(tmp_path):
+    from lightning_llm.registry import Registry
+
+    run = tmp_path / "run"
+    model = model_folder(run / "model", seed=0, data_hash="data-0")
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "best.ckpt").write_bytes(b"a training checkpoint")
+    registry = Registry(tmp_path / "out", "runs")
+    assert registry.promote(source=run) == "v1"
+    assert registry.manifest("v1")["registry"]["source"] == str(model.resolve())

@@ -232,12 +232,14 @@ def record_in_run(run_dir: Path, flat: dict, out_dir: Path) -> None:
     loggers = (record.get("overrides") or {}).get("logger") or {}
     wandb_config = next((c for c in loggers.values() if "Wandb" in str((c or {}).get("_target_", ""))), None)
     if wandb_config is not None:
-        wandb_summary(Path(wandb_config.get("save_dir") or run_dir), wandb_config.get("project"), flat)
+        wandb_summary(Path(wandb_config.get("save_dir") or run_dir), wandb_config.get("project"), flat,
+                      images=sorted(out_dir.glob("*.png")))
 
 
-def wandb_summary(save_dir: Path, project: str | None, flat: dict) -> None:
-    """Resume the run's W&B run by its id and add the eval metrics to its summary (offline runs
-    are resumed offline, and `wandb sync` merges them)."""
+def wandb_summary(save_dir: Path, project: str | None, flat: dict, *, images: list[Path] = ()) -> None:
+    """Resume the run's W&B run by its id and add the eval metrics to its summary, and the eval's
+    plots (the confusion matrices) as images (offline runs are resumed offline, and `wandb sync`
+    merges them)."""
     runs = sorted((save_dir / "wandb").glob("*run-*-*"), key=lambda p: p.stat().st_mtime)
     if not runs:
         log.warning("eval: the run used W&B but %s holds no W&B run; its summary is not updated", save_dir / "wandb")
@@ -246,5 +248,7 @@ def wandb_summary(save_dir: Path, project: str | None, flat: dict) -> None:
 
     run = wandb.init(project=project, id=runs[-1].name.rsplit("-", 1)[-1], resume="allow", dir=str(save_dir))
     run.summary.update({f"eval/{key}": value for key, value in flat.items()})
+    if images:
+        run.log({f"eval/{path.stem}": wandb.Image(str(path)) for path in images})
     run.finish()
     log.info("eval: headline metrics added to the summary of W&B run %s", run.id)

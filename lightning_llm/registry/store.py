@@ -92,7 +92,9 @@ class Registry:
                             "version=v<k> (an existing one)")
         folder = None
         if source is not None:
-            folder = resolve_checkpoint(source)
+            given = Path(source)
+            # a finished run dir is versioned by its model/ folder, not its training checkpoint
+            folder = given / "model" if (given / "model" / MANIFEST).is_file() else resolve_checkpoint(source)
             if not folder.is_dir():
                 raise UserError(f"source={source} is a checkpoint file: promote a model folder or a finished run dir "
                                 "(its model/ folder is what gets versioned)")

@@ -49,7 +49,8 @@ def test_quantized_artifact_round_trips_with_the_same_logits(trained, tmp_path, 
 
     original = load_artifact(trained)
     model = quantize(original.model, scheme)
-    x = torch.randint(0, model.config.vocab_size, (2, model.config.block_size))
+    x = torch.randint(0, model.config.vocab_size, (2, model.config.block_size),
+                      generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         before = model(x, every_position=True)[0]
     manifest = new_manifest(produced_by="test", tokenizer_json=original.tokenizer.to_str(),
@@ -65,8 +66,11 @@ def test_quantized_artifact_round_trips_with_the_same_logits(trained, tmp_path, 
     saved = (tmp_path / "q" / "model.safetensors").stat().st_size
     assert saved < full * (0.55 if scheme in ("bf16", "fp16") else 0.5)
     with torch.inference_mode():
-        assert torch.isfinite(before).all() and before.float().sub(
-            original.model(x, every_position=True)[0]).abs().max() < 0.25
+        reference = original.model(x, every_position=True)[0]
+    # close to the float model: a small mean error and the same top token almost everywhere (the
+    # largest single error depends on the input: 0.03-0.7 for int8 on this tiny model, never the top token)
+    assert torch.isfinite(before).all() and before.float().sub(reference).abs().mean() < 0.02
+    assert (before.argmax(-1) == reference.argmax(-1)).float().mean() >= 0.95
 
 
 def test_int4_on_this_cpu_is_refused_with_the_reason():
@@ -152,6 +156,9 @@ def test_compress_quantize_writes_a_folder_that_eval_and_generate_load(trained, 
     manifest = json.loads((run / "model" / "manifest.json").read_text())
     assert manifest["produced_by"] == "compress" and manifest["quantization"]["scheme"] == "int8_weight_only"
     assert manifest["parent"].startswith(str(trained))
+    parent = json.loads((trained / "model" / "manifest.json").read_text())
+    assert manifest["template"] == parent["template"]  # the parent's chat template goes with it
+    assert manifest["chat_template"] == parent["chat_template"]
     report = (run / "compress" / "report.md").read_text()
     assert "int8_weight_only vs original" in report and "val bits per byte" in report
     rows = json.loads((run / "compress" / "metrics.json").read_text())["rows"]

@@ -204,7 +204,9 @@ def compress(cfg: DictConfig) -> dict:
         compressed, section, unrecovered, details = prune_model(cfg, artifact, data)
     manifest = new_manifest(produced_by="compress", tokenizer_json=artifact.tokenizer.to_str(),
                             parent=str(artifact.path), data_hash=data.dir.name if data else
-                            artifact.manifest.get("data_hash"), compress=section, **extra)
+                            artifact.manifest.get("data_hash"), compress=section, **extra,
+                            **{key: artifact.manifest[key] for key in ("template", "chat_template")  # the parent's
+                               if key in artifact.manifest})
     save_artifact(compressed, artifact.tokenizer.to_str(), run_dir / "model", manifest=manifest)
     saved = load_artifact(run_dir / "model", device=cfg.device)  # what eval, generate and serve will read
     models = {"original": artifact.model.float() if cfg.method == "prune" else artifact.model}

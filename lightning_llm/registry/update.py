@@ -22,15 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 
 from lightning_llm.artifacts import write_json
 from lightning_llm.data import PreparedData
 from lightning_llm.errors import UserError
 from lightning_llm.model.io import MANIFEST, read_manifest, tokenizer_hash
 from lightning_llm.registry.store import STATE, Registry, now
-from lightning_llm.training.datamodule import TokenDataModule
+from lightning_llm.training.datamodule import RandomWindows, TokenDataModule
 
 
 @dataclass
@@ -48,30 +47,23 @@ class UpdateConfig:
             raise ValueError(f"lock_wait must be at least 0, got {self.lock_wait}")
 
 
-class ReplayWindows(IterableDataset):
-    """An endless stream of batches of random windows, each window from the old tokens with
-    probability `share`, else from the new ones. Batch i is drawn from a generator seeded by
-    (seed, rank, i), like RandomWindows, so a resumed run sees the batches it would have."""
+class ReplayWindows(RandomWindows):
+    """RandomWindows over two token arrays: each window from the old tokens with probability
+    `share`, else from the new ones; seeded per batch the same way, so a resumed run sees the
+    batches it would have."""
 
     def __init__(self, new: np.ndarray, old: np.ndarray, share: float, *, block_size: int, batch_size: int,
                  seed: int, rank: int = 0, start_batch: int = 0):
+        super().__init__(new, block_size, batch_size, seed, rank, start_batch)
         self.new, self.old, self.share = new, old, share
-        self.block_size, self.batch_size, self.seed, self.rank, self.start_batch = \
-            block_size, batch_size, seed, rank, start_batch
 
-    def __iter__(self):
-        offsets = np.arange(self.block_size + 1)
-        batch = self.start_batch
-        while True:
-            rng = np.random.default_rng([self.seed, self.rank, batch])
-            from_old = rng.random(self.batch_size) < self.share
-            windows = np.empty((self.batch_size, self.block_size + 1), dtype=np.int64)
-            for tokens, rows in ((self.new, ~from_old), (self.old, from_old)):
-                starts = rng.integers(0, len(tokens) - self.block_size, size=int(rows.sum()))
-                windows[rows] = tokens[starts[:, None] + offsets]
-            window = torch.from_numpy(windows)
-            yield window[:, :-1], window[:, 1:]
-            batch += 1
+    def windows(self, rng: np.random.Generator, offsets: np.ndarray) -> np.ndarray:
+        from_old = rng.random(self.batch_size) < self.share
+        windows = np.empty((self.batch_size, self.block_size + 1), dtype=np.int64)
+        for tokens, rows in ((self.new, ~from_old), (self.old, from_old)):
+            starts = rng.integers(0, len(tokens) - self.block_size, size=int(rows.sum()))
+            windows[rows] = tokens[starts[:, None] + offsets]
+        return windows
 
 
 class ReplayDataModule(TokenDataModule):

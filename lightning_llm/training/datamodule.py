@@ -20,13 +20,16 @@ class RandomWindows(IterableDataset):
         self.tokens, self.block_size, self.batch_size = tokens, block_size, batch_size
         self.seed, self.rank, self.start_batch = seed, rank, start_batch
 
+    def windows(self, rng: np.random.Generator, offsets: np.ndarray) -> np.ndarray:
+        """One batch of windows of block_size + 1 tokens, drawn with `rng`."""
+        starts = rng.integers(0, len(self.tokens) - self.block_size, size=self.batch_size)
+        return self.tokens[starts[:, None] + offsets].astype(np.int64)
+
     def __iter__(self):
         offsets = np.arange(self.block_size + 1)
         batch = self.start_batch
         while True:
-            rng = np.random.default_rng([self.seed, self.rank, batch])
-            starts = rng.integers(0, len(self.tokens) - self.block_size, size=self.batch_size)
-            window = torch.from_numpy(self.tokens[starts[:, None] + offsets].astype(np.int64))
+            window = torch.from_numpy(self.windows(np.random.default_rng([self.seed, self.rank, batch]), offsets))
             yield window[:, :-1], window[:, 1:]
             batch += 1
 

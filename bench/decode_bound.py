@@ -1,7 +1,9 @@
 """Decoding against the memory-bandwidth bound: tokens/s as a share of what the machine's memory
-allows, at batch 1, 8 and 32, ours (fp32 and bf16) beside transformers' `generate`, in one run.
+allows, at batch 1, 8 and 32, ours (fp32 as `llm generate` runs it, fp32 in nn.Linear's layout, bf16)
+beside transformers' `generate`, in one run.
 
     .venv/bin/python bench/decode_bound.py [--tokens 200] [--batches 1 8 32] [--repeats 3] [--threads N]
+    .venv/bin/python bench/decode_bound.py --shape gpt2-124m --vocab 50304 --tokens 50 --batches 1 8   # largest preset
     .venv/bin/python bench/decode_bound.py --shape smoke --tokens 8 --batches 1 2 --repeats 1   # checks the script
 
 The bound: one decode step must read every weight once (all the linear layers, the norms and
@@ -26,13 +28,16 @@ import os
 import time
 
 import torch
-from train_step import SHAPES, ours, transformers_gpt2
+from train_step import SHAPES as TRAIN_SHAPES
+from train_step import ours, transformers_gpt2
 from transformers import GenerationConfig
 
 from lightning_llm.measured import machine, native_bf16
-from lightning_llm.model.generation import prepare_for_inference, stream
+from lightning_llm.model.generation import cache_dtype, prepare_for_inference, stream
 
 PROMPT = 12
+# the largest preset, conf/model/gpt2-124m (with --vocab 50304): 124 M parameters, 0.5 GB of fp32 weights
+SHAPES = {**TRAIN_SHAPES, "gpt2-124m": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024)}
 MATRIX_OPS = ("addmm", "mm", "bmm", "linear", "matmul", "scaled_dot_product", "flash_attention", "mkldnn", "baddbmm")
 
 
@@ -52,11 +57,12 @@ def bandwidth(megabytes: int = 256, repeats: int = 5) -> dict[str, float]:
     return {"copy": 2 * nbytes / best["copy"], "sum": nbytes / best["sum"]}
 
 
-def bytes_per_step(model, batch: int, tokens: int) -> float:
-    """Weights read once per step (the position table only by one row: left out) plus the KV
-    cache read by attention, averaged over the steps of one generation."""
+def bytes_per_step(model, batch: int, tokens: int, dtype: torch.dtype) -> float:
+    """Weights (of the unprepared `model`, in `dtype`) read once per step (the position table
+    only by one row: left out) plus the KV cache read by attention (in the dtype attention runs
+    in: fp32 on a CPU, see generation.cache_dtype), averaged over the steps of one generation."""
     c = model.config
-    size = next(model.parameters()).element_size()
+    size = torch.finfo(dtype).bits // 8
     seen, weights = set(), 0
     for name, p in model.named_parameters():
         if id(p) in seen or name == "pos_emb.weight":
@@ -66,7 +72,8 @@ def bytes_per_step(model, batch: int, tokens: int) -> float:
     if not c.tie_embeddings:
         weights -= model.tok_emb.weight.numel() * size  # a lookup of B rows; the head reads its own table
     mean_length = PROMPT + (tokens - 1) / 2
-    kv = 2 * c.n_layer * batch * c.n_kv_head * c.head_dim * mean_length * size
+    kv_size = torch.finfo(cache_dtype(torch.empty(0, dtype=dtype))).bits // 8
+    kv = 2 * c.n_layer * batch * c.n_kv_head * c.head_dim * mean_length * kv_size
     return weights + kv
 
 
@@ -105,8 +112,9 @@ def main():
         torch.set_num_threads(args.threads)
     shape = {**SHAPES[args.shape], "block_size": PROMPT + args.tokens}
     torch.manual_seed(0)
-    fp32 = ours(args.vocab, shape).eval()
-    models = {"ours fp32": fp32}
+    fp32 = ours(args.vocab, shape).eval()  # as trained: nn.Linear's layout (the byte count reads it)
+    models = {"ours fp32": prepare_for_inference(copy.deepcopy(fp32), torch.float32),  # as llm generate runs it
+              "ours fp32, nn.Linear layout": fp32}
     bf16 = native_bf16("cpu")
     if bf16:
         models["ours bf16"] = prepare_for_inference(copy.deepcopy(fp32), torch.bfloat16)
@@ -154,7 +162,7 @@ def main():
                 assert outputs[name].shape == (batch, args.tokens), f"{name}: {tuple(outputs[name].shape)}"
         reference_rate = batch * args.tokens / best["transformers fp32"] if "transformers fp32" in best else None
         for name in paths:
-            step_bytes = bytes_per_step(fp32, batch, args.tokens) * (0.5 if "bf16" in name else 1)  # same shape
+            step_bytes = bytes_per_step(fp32, batch, args.tokens, torch.bfloat16 if "bf16" in name else torch.float32)
             rate = batch * args.tokens / best[name]
             bound = batch * bound_bw / step_bytes
             same = "-" if name.startswith("transformers") else \

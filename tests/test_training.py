@@ -15,7 +15,7 @@ import torch
 from conftest import LLM, TINY, compose_config, llm
 
 from lightning_llm.cli import shared_run_dir
-from lightning_llm.training.module import NonFiniteLoss
+from lightning_llm.training.module import LanguageModel, NonFiniteLoss
 from lightning_llm.training.optim import warmup_cosine, warmup_stable_decay
 
 
@@ -57,8 +57,12 @@ def train_in_process(tmp_path, cache_root, overrides, extra_callbacks=()):
     return run_dir, train(cfg, extra_callbacks)
 
 
-def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, cache_root, prepared):
+@pytest.mark.parametrize("deferred", [False, True])  # checked at once (CPU), or on the device and read later (GPU)
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, cache_root, prepared, deferred,
+                                                                      monkeypatch):
     import lightning.pytorch as pl
+
+    monkeypatch.setattr(LanguageModel, "deferred_nan_check", deferred)
 
     class Poison(pl.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
@@ -71,6 +75,33 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, c
     checkpoint = torch.load(tmp_path / "run/checkpoints/periodic.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 10
     assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values())
+
+
+def test_a_deferred_check_gives_a_non_finite_step_zero_gradients_and_stops_at_the_next_read(
+        tmp_path, cache_root, prepared, monkeypatch):
+    """The GPU path (no per-step sync): a NaN loss at step 12 leaves every weight finite, and the run
+    stops with that step's number before the checkpoint of step 20 is written."""
+    import lightning.pytorch as pl
+
+    monkeypatch.setattr(LanguageModel, "deferred_nan_check", True)
+    seen = {}
+
+    class NanLossAtStep12(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            model = pl_module.model
+            if trainer.global_step == 12:
+                forward = type(model).forward
+                model.forward = lambda *a, **k: (lambda out: (out[0], out[1] * float("nan")))(forward(model, *a, **k))
+            elif "forward" in vars(model):
+                del model.forward
+                seen["finite after the bad step"] = all(torch.isfinite(p).all() for p in model.parameters())
+
+    with pytest.raises(NonFiniteLoss, match=r"non-finite loss \(nan\) at step 12"):
+        train_in_process(tmp_path, cache_root, ["callbacks.periodic_checkpoint.every_n_train_steps=10"],
+                         [NanLossAtStep12()])
+    assert seen == {"finite after the bad step": True}
+    checkpoint = torch.load(tmp_path / "run/checkpoints/periodic.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 10
 
 
 def test_throughput_mfu_and_grad_norm_are_logged_and_tensorboard_writes(tmp_path, cache_root, prepared):

@@ -64,6 +64,13 @@ class Token:
     finish_reason: str | None = None  # None while running; "stop" (eos or a stop sequence) or "length"
 
 
+def cache_dtype(weight: torch.Tensor) -> torch.dtype:
+    """The KV cache's dtype, in which attention runs: the weights' dtype, except bf16 on a CPU,
+    where attention stays fp32 (torch's CPU attention in bf16 measured 3-6x slower than in fp32
+    at decode shapes, batch 8-32: docs/benchmarks.md "Attention in fp32 on a CPU")."""
+    return torch.float32 if weight.device.type == "cpu" and weight.dtype == torch.bfloat16 else weight.dtype
+
+
 def check_prompt(prompt: Sequence[int], block_size: int, *, slide: bool = False, max_new_tokens: int = 1) -> None:
     """A prompt must leave room in the window for one new token; it may fill the window when
     the window slides, or when nothing is generated (a prompt only scored)."""
@@ -85,7 +92,7 @@ class Batch:
         self.prompt_loss = prompt_loss  # score every prompt (its mean loss), not only those that ask
         self.block_size = model.config.block_size
         self.device = parameter.device
-        self.cache = acquire_cache(model, capacity, parameter.device, parameter.dtype)
+        self.cache = acquire_cache(model, capacity, parameter.device, cache_dtype(parameter))
         self.view: KVCache | None = None
         self.rows: list[Row] = []
         self.inputs: torch.Tensor | None = None  # (n, 1) ids the next step feeds, when the last step's ids are them
@@ -331,13 +338,18 @@ def copy_for_inference(model: GPT, dtype: torch.dtype) -> GPT:
 
 
 def prepare_for_inference(model: GPT, dtype: torch.dtype) -> GPT:
-    """Cast the model's weights to `dtype` in place, once, at load (the checkpoint on disk is
-    untouched): bf16 halves the bytes each decode step streams. RoPE's angle tables stay fp32
-    (positions need the precision; attention rotates in fp32 and casts back)."""
+    """Make the model an inference-only one, in place, once, at load (the checkpoint on disk is
+    untouched): cast its weights to `dtype` (bf16 halves the bytes each decode step streams;
+    RoPE's angle tables stay fp32, since positions need the precision), and on a CPU in fp32
+    store each linear layer's weight in the layout a decode step streams fastest
+    (model/layout.py: the same outputs, about 1.5-2x faster products at batch 1)."""
+    from lightning_llm.model.layout import lay_out
+
     model.to(dtype)
     for name in ("rope_cos", "rope_sin"):
         if getattr(model, name, None) is not None:
             setattr(model, name, getattr(model, name).float())
+    lay_out(model)
     return model
 
 

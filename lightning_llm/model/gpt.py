@@ -113,6 +113,7 @@ class KVCache:
     """
 
     def __init__(self, config: GPTConfig, batch_size: int, device, dtype):
+        self.dtype = dtype
         shape = (batch_size, config.n_kv_head, config.block_size, config.head_dim)
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
@@ -196,13 +197,15 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         mask, causal = None, True  # training: the sequence attends causally to itself
         if cache is not None:  # the cache appends the new keys and says what each query may see
+            if cache.dtype != q.dtype:  # attention runs in the cache's dtype (fp32 for bf16 weights on a CPU)
+                q, k, v = q.to(cache.dtype), k.to(cache.dtype), v.to(cache.dtype)
             k, v = cache.update(layer, k, v)
             mask, causal = cache.mask, cache.causal
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0,
             enable_gqa=self.n_kv_head != self.n_head,
         )
-        y = y.transpose(1, 2).contiguous().view(B, T, self.q_dim)
+        y = y.transpose(1, 2).reshape(B, T, self.q_dim).to(x.dtype)
         return F.dropout(self.proj(y), self.dropout, self.training)
 
 

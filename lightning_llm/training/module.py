@@ -18,7 +18,11 @@ from lightning_llm.training.parallel import shard
 
 
 class NonFiniteLoss(UserError):
-    """Raised before the backward pass, so no weight and no checkpoint ever holds a NaN."""
+    """A training loss was NaN or infinite: the run stops, and no weight or checkpoint holds a NaN
+    it produced (module docstring of LanguageModel.training_step)."""
+
+
+NAN_CHECK_EVERY = 50  # off the CPU: optimizer steps between host reads of the device-side flag
 
 
 class LanguageModel(pl.LightningModule):
@@ -34,6 +38,8 @@ class LanguageModel(pl.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.bytes_per_token = bytes_per_token
         self.val_loss = MeanMetric()
+        self.first_bad_step: torch.Tensor | None = None  # device-side: -1, or the first non-finite loss's step
+        self.step_finite: torch.Tensor | None = None
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None,
@@ -47,6 +53,7 @@ class LanguageModel(pl.LightningModule):
                                             strict=strict, weights_only=True, **kwargs)
 
     def on_save_checkpoint(self, checkpoint):
+        self.check_finite()  # before a checkpoint is written (deferred check: one sync per save)
         add_checkpoint_tokenizer(checkpoint, self.tokenizer_json)
 
     def on_load_checkpoint(self, checkpoint):
@@ -65,17 +72,56 @@ class LanguageModel(pl.LightningModule):
     def forward(self, idx, targets=None):
         return self.model(idx, targets)
 
+    deferred_nan_check: bool | None = None  # None: on any device but the CPU (tests set it to check the path)
+    non_finite_hint = "lower optim.optimizer.lr, raise optim.scheduler.warmup_steps or keep trainer.gradient_clip_val"
+
     def training_step(self, batch, batch_idx):
         x, y = batch
         _, loss = self.model(x, y)
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at step {self.global_step}: the run stopped and its "
-                                "last checkpoint is the last good one; lower optim.optimizer.lr, raise "
-                                "optim.scheduler.warmup_steps or keep trainer.gradient_clip_val, then resume=auto")
+        self.guard_finite(loss)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
+    def guard_finite(self, loss: torch.Tensor) -> None:
+        """Stop the run on a non-finite loss. On a CPU the check is immediate and raises before the
+        backward pass. On a GPU reading it would wait for the device every step, so it stays on the
+        device: a non-finite step's gradients are zeroed before the optimizer sees them (no sync),
+        and the flag is read every NAN_CHECK_EVERY steps, before every validation and checkpoint
+        and at the end; either way no weight and no checkpoint holds a NaN the training produced."""
+        deferred = loss.device.type != "cpu" if self.deferred_nan_check is None else self.deferred_nan_check
+        if not deferred:
+            if not torch.isfinite(loss):
+                self.raise_non_finite(self.global_step, loss.item())
+            return
+        finite = torch.isfinite(loss.detach())  # over the micro-batches of one optimizer step
+        self.step_finite = finite if self.step_finite is None else self.step_finite & finite
+        if self.first_bad_step is None:
+            self.first_bad_step = torch.full((), -1, dtype=torch.long, device=loss.device)
+        self.first_bad_step = torch.where(finite | (self.first_bad_step >= 0), self.first_bad_step, self.global_step)
+        if (self.global_step + 1) % NAN_CHECK_EVERY == 0:
+            self.check_finite()
+
+    def check_finite(self) -> None:
+        """Read the device-side flag (one sync) and raise if any loss so far was non-finite."""
+        if self.first_bad_step is not None and (step := int(self.first_bad_step)) >= 0:
+            self.raise_non_finite(step, float("nan"))
+
+    def raise_non_finite(self, step: int, value: float):
+        raise NonFiniteLoss(f"non-finite loss ({value}) at step {step}: the run stopped and its last checkpoint is "
+                            f"the last good one; {self.non_finite_hint}, then resume=auto")
+
+    def on_validation_start(self):  # validation (and the samples written after it) reads the weights
+        self.check_finite()
+
+    def on_train_end(self):
+        self.check_finite()
+
     def on_before_optimizer_step(self, optimizer):
+        if self.step_finite is not None:  # deferred check: a non-finite step updates with zero gradients
+            for p in self.model.parameters():
+                if p.grad is not None:
+                    p.grad.masked_fill_(~self.step_finite, 0.0)
+            self.step_finite = None
         # Before clipping, on the steps Lightning writes (it counts them from one): the norm tells
         # whether clipping is doing the work.
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:

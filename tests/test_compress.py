@@ -173,16 +173,23 @@ def test_compress_quantize_writes_a_folder_that_eval_and_generate_load(trained, 
 
 def test_distill_loss_falls_and_logs_its_kl_term(trained, tmp_path, cache_root):
     from lightning_llm.stages.distill import distill
+    from lightning_llm.templates import load_template
 
+    # the teacher: the trained model as a folder of its own whose default chat template is not the plain one
+    source = load_artifact(trained)
+    system = load_template("system")
+    teacher = save_artifact(source.model, source.tokenizer_json, tmp_path / "teacher", manifest={
+        **source.manifest, "template": system.name, "chat_template": system.source})
     run = tmp_path / "run"
-    distill(compose_config("distill", [f"teacher={trained}", *TINY_RUN, "model.n_layer=1", "trainer.max_steps=40",
+    distill(compose_config("distill", [f"teacher={teacher}", *TINY_RUN, "model.n_layer=1", "trainer.max_steps=40",
                                        f"paths.data_cache={cache_root}", f"paths.run_dir={run}", *MEASURE]))
     rows = [r for r in csv.DictReader((run / "metrics.csv").open()) if r.get("train/loss")]
     losses = [float(r["train/loss"]) for r in rows]
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
     assert all(float(r["train/kl"]) >= 0 for r in rows)
     manifest = json.loads((run / "model" / "manifest.json").read_text())
-    assert manifest["produced_by"] == "distill" and manifest["parent"].startswith(str(trained))
+    assert manifest["produced_by"] == "distill" and manifest["parent"] == str(teacher)
+    assert (manifest["template"], manifest["chat_template"]) == ("system", system.source)  # the teacher's
     assert load_artifact(run / "model").config.n_layer == 1
     assert "student vs original" in (run / "compress" / "report.md").read_text()
 

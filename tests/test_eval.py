@@ -380,3 +380,21 @@ def test_compare_marks_runs_whose_intervals_overlap_as_indistinguishable(tmp_pat
     assert "disjoint" in compare_markdown([a, c]) and "Indistinguishable" not in compare_markdown([a, c])
     without = compare_markdown([a, run("d", 2.41, None)])  # one run has no interval: no verdict either way
     assert "Indistinguishable" not in without and "disjoint" not in without
+
+
+def test_bleu_interval_is_our_own_seeded_bootstrap_of_sacrebleus_corpus_statistics():
+    """The BLEU interval rests on sacrebleu's public API alone (per-passage counts, compute_bleu): the
+    statistics sum back to its corpus BLEU exactly, and the resampling follows our seed."""
+    from sacrebleu.metrics import BLEU
+
+    from lightning_llm.evaluation.generation import bleu_interval, bleu_statistics, corpus_bleu
+
+    rng = np.random.default_rng(5)
+    words = "to be or not that is the question whether tis nobler in mind suffer".split()
+    refs = [" ".join(rng.choice(words, 10)) for _ in range(20)]
+    hyps = [" ".join(w if rng.random() < 0.5 else rng.choice(words) for w in ref.split()) for ref in refs]
+    assert corpus_bleu(bleu_statistics(hyps, refs)) == BLEU().corpus_score(hyps, [refs]).score
+    first = bleu_interval(hyps, refs, seed=1)
+    assert bleu_interval(hyps, refs, seed=1) == first and bleu_interval(hyps, refs, seed=2) != first
+    assert continuation_scores(hyps, refs, seed=2)["bleu_ci"] == bleu_interval(hyps, refs, seed=2)
+    assert 0 <= first[0] < BLEU().corpus_score(hyps, [refs]).score < first[1] <= 100

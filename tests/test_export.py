@@ -307,7 +307,6 @@ def test_a_model_made_with_transformers_imports_with_its_logits_tokens_and_token
     ("gpt_neox", dict(rope_parameters={"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.25}),
      "partial_rotary_factor"),
     ("llama", dict(rms_norm_eps=1e-5), "rms_norm_eps=1e-05"),
-    ("llama", dict(intermediate_size=100), "intermediate_size=100"),
 ])
 def test_a_transformers_model_we_cannot_express_is_refused_in_one_line(tmp_path, model_type, overrides, named):
     folder, _ = hf_folder(tmp_path, model_type, **overrides)

@@ -10,7 +10,8 @@ rows and columns into a model of the smaller config:
                few batches of training data (Michel et al. 2019, Molchanov et al. 2019). It equals
                |sum(W * dL/dW)| over the columns of the output projection that the head (or channel)
                feeds, which one backward pass gives for every head and channel at once
-  weight_norm  the norm of those output columns times the norm of the rows that produce them; no data
+  weight_norm  the norm of those output columns times the norm of the rows that produce them (both
+               rows of a SwiGLU channel, gate and value); no data
 
 Every layer keeps the same number of heads (or channels), so the config stays one per model.
 """
@@ -101,22 +102,25 @@ def importance(model: GPT, kind: str, *, method: str = "taylor",
                 v = block.attn.qkv.weight[config.n_head * config.head_dim + config.n_kv_head * config.head_dim:]
                 v_norm = v.detach().view(config.n_kv_head, -1).norm(dim=1)
                 in_norm = v_norm.repeat_interleave(config.n_head // config.n_kv_head)
-            else:
+            else:  # SwiGLU: silu(gate) * value, so both rows produce the channel, and a zero one silences it
                 up = block.mlp.up.weight.detach()
                 in_norm = up[:config.mlp_hidden].norm(dim=1)
-            scores.append(out_norm * in_norm)
+                if config.mlp == "swiglu":
+                    in_norm = in_norm * up[config.mlp_hidden:].norm(dim=1)
+            scores.append((out_norm * in_norm).cpu())
         return scores
     if not batches:
         raise ValueError("taylor importance needs batches of data")
     model = copy.deepcopy(model).train(False)
+    device = next(model.parameters()).device
     scores = [torch.zeros(_units(kind, config)) for _ in model.blocks]
     for x, y in batches:
         model.zero_grad(set_to_none=True)
-        _, loss = model(x, y)
+        _, loss = model(x.to(device), y.to(device))
         loss.backward()
         for layer, block in enumerate(model.blocks):
             w, g = _output_columns(block, kind, config), _output_columns_grad(block, kind, config)
-            scores[layer] += (w * g).detach().flatten(1).sum(dim=1).abs()
+            scores[layer] += (w * g).detach().flatten(1).sum(dim=1).abs().cpu()
     return [s / len(batches) for s in scores]
 
 
@@ -180,4 +184,5 @@ def structured(model: GPT, kind: str, scores: list[torch.Tensor], remove: int) -
             state[prefix + "down.weight"] = state[prefix + "down.weight"][:, cols]
     out = GPT(new_config)
     out.load_state_dict(state)
-    return out.to(next(model.parameters()).dtype).eval(), kept
+    weight = next(model.parameters())
+    return out.to(device=weight.device, dtype=weight.dtype).eval(), kept

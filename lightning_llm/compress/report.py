@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from lightning_llm.artifacts import markdown_table, write_json, write_text
+from lightning_llm.artifacts import markdown_table, staged_folder
 
+SPEED = "tokens_per_s_b"  # + the batch size: one row per batch size measured (measure.batch_sizes)
 ROWS = [("parameters", "parameters", "{:,}"), ("file_bytes", "file size (MB)", "mb"),
         ("weight_bytes", "weights in memory (MB)", "mb"), ("flops_per_token", "training MFLOPs per token", "mflops"),
-        ("tokens_per_s_b1", "generation tokens/s, batch 1", "{:,.0f}"),
-        ("tokens_per_s_b8", "generation tokens/s, batch 8", "{:,.0f}"),
+        (SPEED, "generation tokens/s", "{:,.0f}"),
         ("val_bpb", "val bits per byte", "{:.4f}"), ("test_bpb", "test bits per byte", "{:.4f}")]
+
+
+def _rows(rows: dict[str, dict]) -> list[tuple[str, str, str]]:
+    """ROWS with the speed row repeated for every batch size the models were timed at."""
+    sizes = sorted({int(k[len(SPEED):]) for row in rows.values() for k in row if k.startswith(SPEED)})
+    return [row for key, label, how in ROWS
+            for row in ([(f"{SPEED}{b}", f"{label}, batch {b}", how) for b in sizes] if key == SPEED
+                        else [(key, label, how)])]
 
 
 def _fmt(value, how: str) -> str:
@@ -37,7 +46,7 @@ def comparison_table(rows: dict[str, dict], *, base: str = "original") -> str:
     names = list(rows)
     header = ["", *[h for n in names for h in ([n] if n == base else [n, f"{n} vs {base}"])]]
     table = []
-    for key, label, how in ROWS:
+    for key, label, how in _rows(rows):
         if all(rows[n].get(key) is None for n in names):
             continue
         line = [label]
@@ -51,9 +60,11 @@ def comparison_table(rows: dict[str, dict], *, base: str = "original") -> str:
 
 def write_report(out_dir: Path, *, title: str, details: list[str], rows: dict[str, dict],
                  extra: str = "", record: dict | None = None) -> Path:
-    """<out_dir>/report.md and metrics.json (the rows and the record) for `llm compress`/`llm distill`."""
+    """<out_dir>/report.md and metrics.json (the rows and the record) for `llm compress`/`llm distill`,
+    written together or not at all."""
     text = (f"# {title}\n\n" + "\n".join(f"- {d}" for d in details) + "\n\n## Against the original\n\n"
             + comparison_table(rows) + "\n" + (f"\n{extra}\n" if extra else ""))
-    write_text(out_dir / "report.md", text)
-    write_json(out_dir / "metrics.json", {"rows": rows, **(record or {})})
+    with staged_folder(out_dir) as staging:
+        (staging / "report.md").write_text(text)
+        (staging / "metrics.json").write_text(json.dumps({"rows": rows, **(record or {})}, indent=2, default=str))
     return out_dir / "report.md"

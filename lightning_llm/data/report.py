@@ -170,7 +170,11 @@ def markdown(r: dict) -> str:
                        + ("passed.\n" if gate["passed"] else f"**over it** ({gate['on_leak']}): {gate['message']}\n"))
 
     t = r["tokenizer"]
-    out.append(f"\n## Tokenizer\n\n`{t['kind']}`, {t['vocab_size']:,} tokens, trained on the train split only. "
+    # pipeline.build names a tokenizer it was given (a base model's, for fine-tuning and updates) "given (...)"
+    how = ("given, not trained on this data: an existing tokenizer (a base model's, for fine-tuning and updates), "
+           "used as it is to encode every split"
+           if str(t["kind"]).startswith("given") else "trained on the train split only")
+    out.append(f"\n## Tokenizer\n\n`{t['kind']}`, {t['vocab_size']:,} tokens, {how}. "
                f"Special tokens: {', '.join(f'`{k}` = {v}' for k, v in t['special_tokens'].items())}; each document "
                "ends with `<|endoftext|>`.\n\n")
     out.append(table(["split", "documents", "tokens", "bytes", "bytes/token", "vocabulary used", "unknown rate"],

@@ -26,20 +26,54 @@ def distinct_n(texts: list[str], n: int) -> float:
 
 def continuation_scores(hypotheses: list[str], references: list[str], *, n_resamples: int = 1000,
                         seed: int = 0) -> dict:
-    """BLEU and ROUGE-L with 95% bootstrap intervals over the passages, and distinct-n.
+    """BLEU and ROUGE-L with 95% percentile-bootstrap intervals over the passages, and distinct-n.
 
-    BLEU's interval is sacrebleu's own (`n_bootstrap`): corpus BLEU recomputed on resampled
-    passages, reported as its bootstrap mean +- half the 2.5-97.5 percentile range, with
-    sacrebleu's fixed seed (SACREBLEU_SEED, 12345 unless set). ROUGE-L's is the 2.5-97.5
-    percentiles of the mean per-passage F-measure over `n_resamples` resamples, seeded by `seed`."""
+    BLEU's interval: corpus BLEU recomputed on `n_resamples` resamples of the passages from their
+    n-gram statistics (bleu_interval); ROUGE-L's: the mean per-passage F-measure over as many
+    resamples. Both are the 2.5-97.5 percentiles, seeded by `seed`."""
     rouge = rouge_scorer.RougeScorer(["rougeL"], tokenizer=rouge_tokenizers.DefaultTokenizer(use_stemmer=False))
     rouge_l = np.array([rouge.score(ref, hyp)["rougeL"].fmeasure for hyp, ref in zip(hypotheses, references)])
-    bleu = BLEU().corpus_score(hypotheses, [references], n_bootstrap=n_resamples if len(hypotheses) > 1 else 1)
-    scores = {"bleu": float(bleu.score), "bleu_ci": None, "rougeL": float(np.mean(rouge_l)),
-              "rougeL_ci": mean_interval(rouge_l, n_resamples=n_resamples, seed=seed)}
-    if len(hypotheses) > 1:  # sacrebleu leaves _mean/_ci at -1 without a bootstrap
-        scores["bleu_ci"] = [max(0.0, float(bleu._mean - bleu._ci)), min(100.0, float(bleu._mean + bleu._ci))]
-    return scores | diversity(hypotheses)
+    bleu = BLEU().corpus_score(hypotheses, [references])
+    return {"bleu": float(bleu.score), "rougeL": float(np.mean(rouge_l)),
+            "bleu_ci": bleu_interval(hypotheses, references, n_resamples=n_resamples, seed=seed),
+            "rougeL_ci": mean_interval(rouge_l, n_resamples=n_resamples, seed=seed)} | diversity(hypotheses)
+
+
+def bleu_statistics(hypotheses: list[str], references: list[str]) -> np.ndarray:
+    """Per passage: hypothesis length, reference length, matching and total n-grams (n = 1..4), as
+    sacrebleu counts them for corpus BLEU (sentence_score's counts; effective_order only changes its score)."""
+    metric = BLEU(effective_order=True)
+    rows = []
+    for hyp, ref in zip(hypotheses, references):
+        s = metric.sentence_score(hyp, [ref])
+        rows.append([s.sys_len, s.ref_len, *s.counts, *s.totals])
+    return np.array(rows, dtype=np.int64).reshape(len(rows), 2 + 2 * metric.max_ngram_order)
+
+
+def corpus_bleu(stats: np.ndarray, metric: BLEU | None = None) -> float:
+    """Corpus BLEU of per-passage statistics (their column sums), with `metric`'s settings
+    (sacrebleu's defaults: exp smoothing): what metric.corpus_score gives on those passages."""
+    metric = metric or BLEU()
+    n, total = metric.max_ngram_order, stats.sum(axis=0)
+    return float(BLEU.compute_bleu(correct=total[2:2 + n].tolist(), total=total[2 + n:].tolist(),
+                                   sys_len=int(total[0]), ref_len=int(total[1]), smooth_method=metric.smooth_method,
+                                   smooth_value=metric.smooth_value, effective_order=metric.effective_order,
+                                   max_ngram_order=n).score)
+
+
+def bleu_interval(hypotheses: list[str], references: list[str], *, n_resamples: int = 1000, level: float = 0.95,
+                  seed: int = 0) -> list[float] | None:
+    """Percentile bootstrap interval of corpus BLEU over the passages (None for fewer than two)."""
+    if len(hypotheses) < 2:
+        return None
+    stats = bleu_statistics(hypotheses, references)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(stats), size=(n_resamples, len(stats)))
+    metric = BLEU()
+    scores = [corpus_bleu(stats[row], metric) for row in draws]
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(scores, [tail, 100 - tail])
+    return [float(lo), float(hi)]
 
 
 def mean_interval(values: np.ndarray, *, n_resamples: int = 1000, level: float = 0.95,

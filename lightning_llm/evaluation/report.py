@@ -165,8 +165,8 @@ def generation_section(gen: dict) -> list[str]:
              f"{gen['prompt_tokens']} tokens and samples {gen['new_tokens']} more (temperature {gen['temperature']}, "
              f"top-k {gen['top_k']}), scored against the true continuation: BLEU (sacrebleu, corpus, 0-100), "
              "ROUGE-L (mean F-measure, 0-1), distinct-n (unique word n-grams over all, for diversity). "
-             "Brackets: 95% bootstrap intervals over the passages, 1000 resamples (BLEU: sacrebleu's, its "
-             "bootstrap mean +- half the 2.5-97.5 percentile range; ROUGE-L: percentiles of the mean).", "",
+             "Brackets: 95% percentile-bootstrap intervals over the passages, 1000 resamples (BLEU: corpus BLEU "
+             "of each resample; ROUGE-L: the mean).", "",
              table(["system", "BLEU", "ROUGE-L", "distinct-1", "distinct-2"], rows), "", "Examples:", ""]
     for example in gen["examples"]:
         lines += [f"- prompt `{example['prompt']!r}`", f"  - true: `{example['reference']!r}`",

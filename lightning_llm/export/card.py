@@ -67,6 +67,7 @@ def model_card(*, record: dict, parameters: int, run_record: dict | None, data_c
     from huggingface_hub import ModelCard, ModelCardData
 
     config, arch, check = record["model_config"], record["architecture"], record["check"]
+    head_size = config.get("head_size") or config["n_embd"] // config["n_head"]  # set where heads were pruned
     run = run_record or {}
     data = run.get("data") or {}
     data_name = data.get("name") or "unknown"
@@ -98,7 +99,8 @@ def model_card(*, record: dict, parameters: int, run_record: dict | None, data_c
              table(["", ""], [["architecture", f"{arch} (lightning-llm: position={config['position']}, "
                                                 f"norm={config['norm']}, mlp={config['mlp']})"],
                               ["layers", config["n_layer"]],
-                              ["attention heads", f"{config['n_head']} ({config['n_kv_head']} key/value heads)"],
+                              ["attention heads", f"{config['n_head']} of size {head_size} ({config['n_kv_head']} "
+                                                  "key/value heads)"],
                               ["width", config["n_embd"]],
                               ["MLP width", record["mlp_hidden"]],
                               ["vocabulary", config["vocab_size"]],

@@ -7,6 +7,8 @@ has a table of how our tensors map onto its tensors: the same tensor, its transp
 keeps (in, out)), q/k/v regrouped per head (NeoX's fused query_key_value), or one of our fused
 matrices cut in pieces (Llama's q/k/v and gate/up projections). The table runs both ways, so export
 and import share it; a bias one side lacks is zero on the side that has it, which is exact.
+A pruned MLP (mlp_hidden_size) is any class's intermediate size; pruned heads (head_size, so that
+n_head * head_size < n_embd) only Llama expresses, with its own head_dim.
 
 Export writes with transformers' own save_pretrained: config.json, model.safetensors,
 generation_config.json, tokenizer.json + tokenizer_config.json (special tokens, chat template);
@@ -35,6 +37,7 @@ from lightning_llm.export.card import copy_data_card, model_card
 from lightning_llm.model.gpt import GPT, GPTConfig
 from lightning_llm.model.io import (
     DEFAULT_TEMPLATE,
+    TORCHAO_WEIGHTS,
     first_line,
     load_artifact,
     new_manifest,
@@ -86,7 +89,7 @@ def _per_part(ts: list[torch.Tensor], c: GPTConfig) -> torch.Tensor:
 
 def _qkv_split(t: torch.Tensor, c: GPTConfig) -> list[torch.Tensor]:
     kv = c.n_kv_head * c.head_dim
-    return list(t.split([c.n_embd, kv, kv]))
+    return list(t.split([c.n_head * c.head_dim, kv, kv]))  # the query is n_embd wide unless heads were pruned
 
 
 SAME = Layout(lambda t, c: [t], lambda ts, c: ts[0])
@@ -247,9 +250,10 @@ def neox_read(where: str, hf) -> dict:
 
 def llama_read(where: str, hf) -> dict:
     need(where, hf, "hidden_act", ("silu",))
-    need(where, hf, "head_dim", (hf.hidden_size // hf.num_attention_heads,))
+    head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
     return dict(vocab_size=hf.vocab_size, block_size=hf.max_position_embeddings, n_layer=hf.num_hidden_layers,
                 n_head=hf.num_attention_heads, n_kv_head=hf.num_key_value_heads, n_embd=hf.hidden_size,
+                head_size=None if head_dim * hf.num_attention_heads == hf.hidden_size else head_dim,
                 dropout=float(hf.attention_dropout or 0.0), bias=bool(hf.attention_bias or hf.mlp_bias),
                 rope_theta=rope(where, hf, partial=True), tie_embeddings=hf.tie_word_embeddings,
                 hidden=hf.intermediate_size, eps=hf.rms_norm_eps)
@@ -260,6 +264,7 @@ class Architecture:
     hf_class: str  # the stock transformers class that loads it
     options: dict  # the GPTConfig options it expresses
     grouped_query: bool  # whether it has n_kv_head < n_head
+    head_dim: bool  # whether its head size is its own (head_dim), not hidden size / heads
     weights: Callable[[GPTConfig], list[Row]]
     config: Callable  # (transformers, our model, token ids) -> its config
     read: Callable  # (where, its config) -> GPTConfig fields, plus `hidden` (MLP width) and `eps` (norm epsilon)
@@ -267,11 +272,11 @@ class Architecture:
 
 ARCHITECTURES = {  # by transformers' model_type
     "gpt2": Architecture("GPT2LMHeadModel", dict(position="learned", norm="layernorm", mlp="gelu"), False,
-                         gpt2_weights, gpt2_config, gpt2_read),
+                         False, gpt2_weights, gpt2_config, gpt2_read),
     "gpt_neox": Architecture("GPTNeoXForCausalLM", dict(position="rope", norm="layernorm", mlp="gelu"), False,
-                             neox_weights, neox_config, neox_read),
+                             False, neox_weights, neox_config, neox_read),
     "llama": Architecture("LlamaForCausalLM", dict(position="rope", norm="rmsnorm", mlp="swiglu"), True,
-                          llama_weights, llama_config, llama_read),
+                          True, llama_weights, llama_config, llama_read),
 }
 
 
@@ -290,6 +295,16 @@ def architecture_for(config: GPTConfig) -> Architecture:
         raise UserError(f"{arch.hf_class} has no grouped-query attention (n_kv_head={config.n_kv_head} < "
                         f"n_head={config.n_head}): only LlamaForCausalLM ({describe(ARCHITECTURES['llama'].options)}) "
                         "has it")
+    if config.n_head * config.head_dim != config.n_embd:  # heads pruned by llm compress: fewer, each as wide
+        heads = f"n_head={config.n_head} heads of head_size={config.head_dim} ({config.n_head * config.head_dim} wide, " \
+                f"not n_embd={config.n_embd}; pruned heads)"
+        if not arch.head_dim:
+            raise UserError(f"{arch.hf_class} cannot express {heads}: its head size is always hidden size / heads; "
+                            f"only LlamaForCausalLM ({describe(ARCHITECTURES['llama'].options)}) has its own head_dim")
+        if config.n_embd % config.n_head:
+            raise UserError(f"{arch.hf_class} cannot express {heads}: transformers' config requires hidden_size "
+                            f"({config.n_embd}) divisible by num_attention_heads ({config.n_head}), even with its own "
+                            "head_dim; prune to a number of heads that divides n_embd")
     return arch
 
 
@@ -434,7 +449,13 @@ def export_hf(*, ckpt: str | Path, out: str | Path, overwrite: bool = False) -> 
 
 def _export_hf(transformers, *, ckpt: str | Path, out: Path, overwrite: bool) -> dict:
     artifact = load_artifact(ckpt)
-    model, config = artifact.model.float(), artifact.config
+    quantized = artifact.manifest.get("quantization") or {}
+    if quantized.get("weights") == TORCHAO_WEIGHTS:
+        parent = artifact.manifest.get("parent")
+        raise UserError(f"ckpt={artifact.path} is quantized with torchao ({quantized.get('scheme')}), whose weights a "
+                        "stock transformers class does not take: export "
+                        + (f"its parent, {parent}" if parent else "the model before quantization"))
+    model, config = artifact.model.float(), artifact.config  # a bf16/fp16 cast exports in float32
     arch = architecture_for(config)
     check_out(out, overwrite=overwrite, earlier=is_export, what="export", source=artifact.path)
     run_dir = run_dir_of(artifact.path)
@@ -477,28 +498,26 @@ def _export_hf(transformers, *, ckpt: str | Path, out: Path, overwrite: bool) ->
 def gpt_config(where: str, arch: Architecture, fields: dict, record: dict | None,
                weights: dict[str, torch.Tensor]) -> GPTConfig:
     """The GPTConfig of what `fields` (from arch.read) describe. The MLP width becomes an
-    mlp_ratio; a folder we exported gives back its own mlp_ratio and dropout, and bias=false
-    when every bias is still zero."""
+    mlp_ratio where one gives it, else an mlp_hidden_size (as a pruned MLP has); a folder we
+    exported gives back its own mlp_ratio, mlp_hidden_size and dropout, and bias=false when every
+    bias is still zero."""
     fields = {**fields, **arch.options}
     hidden = fields.pop("hidden")
     width = 3 * hidden // 2 if fields["mlp"] == "swiglu" else hidden  # mlp_hidden from int(mlp_ratio * n_embd)
-    ratios = [width / fields["n_embd"], (width + 0.5) / fields["n_embd"]]
     ours = (record or {}).get("model_config") or {}
+    widths = [(width / fields["n_embd"], None), ((width + 0.5) / fields["n_embd"], None),
+              (ours.get("mlp_ratio", GPTConfig.mlp_ratio), hidden)]  # the last always gives `hidden`
     if "mlp_ratio" in ours:
-        ratios.insert(0, ours["mlp_ratio"])
+        widths.insert(0, (ours["mlp_ratio"], ours.get("mlp_hidden_size")))
     if "dropout" in ours:
         fields["dropout"] = ours["dropout"]
     if ours.get("bias") is False and not any(t.any() for k, t in weights.items() if k.endswith(".bias")):
         fields["bias"] = False
     try:
-        for ratio in ratios:
-            config = GPTConfig(**fields, mlp_ratio=ratio)
-            if config.mlp_hidden == hidden:
-                return config
+        configs = (GPTConfig(**fields, mlp_ratio=ratio, mlp_hidden_size=size) for ratio, size in widths)
+        return next(config for config in configs if config.mlp_hidden == hidden)
     except ValueError as err:
         raise UserError(f"{where}: {err}") from None
-    raise UserError(f"{where}: intermediate_size={hidden} has no lightning-llm mlp_ratio"
-                    + (" (SwiGLU widths here are multiples of 64)" if fields["mlp"] == "swiglu" else ""))
 
 
 def import_hf(*, hf: str | Path, out: str | Path, overwrite: bool = False) -> dict:

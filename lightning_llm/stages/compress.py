@@ -17,16 +17,36 @@ from lightning_llm.config import check_targets
 from lightning_llm.data.prepared import PreparedData
 from lightning_llm.errors import UserError
 from lightning_llm.model import GPT
-from lightning_llm.model.io import WEIGHTS, Artifact, load_artifact, new_manifest, run_dir_of, save_artifact
+from lightning_llm.model.io import (
+    WEIGHTS,
+    Artifact,
+    first_line,
+    load_artifact,
+    new_manifest,
+    resolve_device,
+    run_dir_of,
+    save_artifact,
+)
 from lightning_llm.stages.common import log, stage
 
 METHODS = ("quantize", "prune")
 
 
+def whole(value, least: int) -> bool:
+    """A whole number (not a bool) of at least `least`."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
 def check_config(cfg: DictConfig) -> None:
-    """Every setting checked before anything is read or written."""
+    """Every setting checked before anything is read or written; device=auto becomes the device it means."""
     from lightning_llm.compress import GOALS, IMPORTANCE, KINDS, check_scheme
 
+    try:
+        cfg.device = str(torch.device(resolve_device(str(cfg.device))))
+    except ValueError as err:  # CUDA asked for, none visible
+        raise UserError(str(err)) from None
+    except RuntimeError as err:  # not a device torch knows
+        raise UserError(f"device={cfg.device}: {first_line(err)}") from None
     if cfg.method not in METHODS:
         raise UserError(f"method={cfg.method!r}: methods are {', '.join(METHODS)} (llm distill trains a student)")
     if cfg.method == "quantize":
@@ -35,27 +55,36 @@ def check_config(cfg: DictConfig) -> None:
             raise UserError(f"quantize.goal={q.goal!r}: goals are {', '.join(GOALS)}, or null to name a scheme")
         if q.goal is None:
             check_scheme(str(q.scheme), cfg.device)
-        if not q.max_bpb_increase >= 0:
-            raise UserError(f"quantize.max_bpb_increase must be at least 0, got {q.max_bpb_increase}")
+        if isinstance(q.max_bpb_increase, bool) or not (isinstance(q.max_bpb_increase, (int, float))
+                                                        and q.max_bpb_increase >= 0):
+            raise UserError(f"quantize.max_bpb_increase must be a number of at least 0, got {q.max_bpb_increase!r}")
     else:
         p = cfg.prune
         if p.kind not in KINDS:
             raise UserError(f"prune.kind={p.kind!r}: kinds are {', '.join(KINDS)}")
-        if p.count is None and not (isinstance(p.amount, (int, float)) and 0 < p.amount < 1):
+        if p.count is None and (isinstance(p.amount, bool) or not (isinstance(p.amount, (int, float))
+                                                                   and 0 < p.amount < 1)):
             raise UserError(f"prune.amount={p.amount!r} must be in (0, 1): the share to remove")
-        if p.count is not None and (p.kind == "magnitude" or not isinstance(p.count, int) or p.count < 1):
+        if p.count is not None and (p.kind == "magnitude" or not whole(p.count, 1)):
             raise UserError(f"prune.count={p.count!r}: a whole number of at least 1 heads or channels per layer "
                             "(prune.kind=heads or mlp); magnitude pruning takes prune.amount")
         if p.importance not in IMPORTANCE:
             raise UserError(f"prune.importance={p.importance!r}: one of {', '.join(IMPORTANCE)}")
-        if not isinstance(p.recover_steps, int) or p.recover_steps < 0:
+        if not whole(p.recover_steps, 0):
             raise UserError(f"prune.recover_steps must be a whole number of at least 0, got {p.recover_steps!r}")
+        if p.kind != "magnitude" and p.importance == "taylor" and not whole(p.importance_batches, 1):
+            raise UserError(f"prune.importance_batches must be a whole number of at least 1, got "
+                            f"{p.importance_batches!r}")
+        for key in ("batch_size", "val_windows"):  # taylor importance and recovery draw training windows
+            if not whole(cfg[key], 1):
+                raise UserError(f"{key} must be a whole number of at least 1, got {cfg[key]!r}")
         check_targets(cfg, "config")
     m = cfg.measure
-    if m.max_tokens is not None and m.max_tokens < 2 or m.new_tokens < 1 or m.repeats < 1 \
-            or not all(isinstance(b, int) and b >= 1 for b in m.batch_sizes):
-        raise UserError("measure: max_tokens (null or at least 2), new_tokens, repeats and batch_sizes must be "
-                        "whole numbers of at least 1")
+    if not (m.max_tokens is None or whole(m.max_tokens, 2)) or not whole(m.new_tokens, 1) \
+            or not whole(m.repeats, 1) or not OmegaConf.is_list(m.batch_sizes) \
+            or not all(whole(b, 1) for b in m.batch_sizes):
+        raise UserError("measure: max_tokens (null or at least 2), new_tokens, repeats and batch_sizes (a list) must "
+                        "be whole numbers of at least 1")
 
 
 def find_data(cfg: DictConfig, artifact: Artifact) -> PreparedData | None:
@@ -106,14 +135,16 @@ def recover(cfg: DictConfig, model: GPT, data: PreparedData, tokenizer_json: str
     trainer.fit(module, datamodule=datamodule, weights_only=True)
     release_zeros(module.model)
     metrics = {k: round(float(v), 6) for k, v in trainer.callback_metrics.items()}
-    return module.model.cpu().eval(), {"steps": trainer.global_step, "seconds": round(time.time() - started, 1),
-                                       "precision": precision, "metrics": metrics}
+    info = {"steps": trainer.global_step, "seconds": round(time.time() - started, 1), "precision": precision,
+            "metrics": metrics}
+    return module.model.to(cfg.device).eval(), info  # on the device the other models are measured on
 
 
 def original_file(artifact: Artifact) -> Path | None:
-    """The safetensors folder holding the original's weights: the folder itself, or its run's model/."""
+    """The safetensors folder holding the original's weights: the folder itself, or its run's model/;
+    None where there is no such file (a LoRA adapter folder holds only the adapter's weights)."""
     if artifact.path.is_dir():
-        return artifact.path
+        return artifact.path if (artifact.path / WEIGHTS).exists() else None
     run_dir = run_dir_of(artifact.path)
     return run_dir / "model" if run_dir is not None and (run_dir / "model" / WEIGHTS).exists() else None
 

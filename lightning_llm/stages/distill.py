@@ -14,7 +14,14 @@ from tokenizers import Tokenizer
 from lightning_llm.artifacts import write_json
 from lightning_llm.errors import UserError
 from lightning_llm.model import flops_per_token
-from lightning_llm.model.io import load_artifact, new_manifest, run_dir_of, save_artifact, tokenizer_hash
+from lightning_llm.model.io import (
+    load_artifact,
+    manifest_template,
+    new_manifest,
+    run_dir_of,
+    save_artifact,
+    tokenizer_hash,
+)
 from lightning_llm.stages.common import log, stage
 from lightning_llm.stages.train import build, record
 from lightning_llm.training.distill import DistillationModel
@@ -85,11 +92,14 @@ def write_outputs(cfg: DictConfig, *, teacher, run, metrics: dict) -> dict:
     student = load_artifact(run_dir / "model")
     section = {"method": "distill", "teacher": str(teacher.path), "temperature": float(cfg.distill.temperature),
                "alpha": float(cfg.distill.alpha), "steps": run.trainer.global_step}
+    template, chat_template = manifest_template(teacher.manifest)  # the teacher's, as llm compress keeps its parent's
     manifest = {**student.manifest, **new_manifest(produced_by="distill", tokenizer_json=run.module.tokenizer_json,
                                                    parent=str(teacher.path), data_hash=run.data.dir.name,
-                                                   run_dir=str(run_dir), distill=section)}
+                                                   run_dir=str(run_dir), distill=section),
+                "template": template, "chat_template": chat_template}
     save_artifact(student.model, run.module.tokenizer_json, run_dir / "model", manifest=manifest)
     m = cfg.measure
+    teacher.model.cpu()  # fit moved it to the trainer's device; the student was loaded on the CPU
     rows = measure({"original": teacher.model, "student": student.model}, tokenizer=student.tokenizer, data=run.data,
                    folders={"original": original_file(teacher), "student": run_dir / "model"},
                    max_tokens=m.max_tokens, batch_sizes=tuple(m.batch_sizes), new_tokens=m.new_tokens,

@@ -22,11 +22,11 @@ STAGES = {
     "compress": "quantize (torchao) or prune a trained model; a report against the original",
     "distill": "train a smaller student on a trained teacher's softened outputs (knowledge distillation)",
     "finetune": "continue a trained model on new data: full or LoRA, text or instruction, forgetting measured",
-    "registry": "versions of a model, one live: llm registry list|show|promote|rollback name=<registry>",
+    "registry": "versions of a model, one live: llm registry list|show|promote|rollback|status name=<registry>",
     "update": "continue a registry's live version on new data with replay; promote only if the eval gate passes",
 }
 MODULES = {"import": "hf_import"}  # a stage whose module is named otherwise (`import` is a Python keyword)
-ACTIONS = {"registry": ("list", "show", "promote", "rollback")}  # `llm registry promote ...` is action=promote
+ACTIONS = {"registry": ("list", "show", "promote", "rollback", "status")}  # `llm registry promote ...` is action=promote
 
 USAGE = "usage: llm <stage> [hydra overrides...]   (llm <stage> --help shows that stage's config)\n\nstages:\n" + \
     "\n".join(f"  {name:<10} {text}" for name, text in STAGES.items())

@@ -1,5 +1,6 @@
 """The new domain's loss and the base domain's, before and after a fine-tune: what it learned
-and what it forgot, as a Markdown table and a PNG in the run dir."""
+and what it forgot, as a Markdown table and a PNG in the run dir; with finetune.forget, a third
+row: the loss of the text it was pushed away from."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def mean_loss(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torc
 
 @dataclass
 class DomainLoss:
-    domain: str  # "new" | "base"
+    domain: str  # "new" | "base" | "forget" (the text to forget)
     data: str  # what was scored (a prepared folder's split, held-out records)
     before: float
     after: float | None = None
@@ -54,7 +55,9 @@ def report(rows: list[DomainLoss], run_dir: Path, *, title: str) -> str:
                              "n/a" if r.change is None else f"{r.change:+.4f}"] for r in rows])
     write_text(run_dir / "forgetting.md",
                f"# {title}\n\nMean loss per target token (nats) of the base model (before) and the fine-tuned "
-               f"model (after). The new domain's should fall; the base domain's rising is forgetting.\n\n"
+               f"model (after). The new domain's should fall; the base domain's rising is forgetting."
+               + (" The forget text's should rise: it is the text the model was pushed away from."
+                  if any(r.domain == "forget" for r in rows) else "") + "\n\n"
                f"{table}\n\n![losses](plots/forgetting.png)\n")
     fig, ax = pyplot().subplots(figsize=(6, 3.6))
     width = 0.38
@@ -63,7 +66,7 @@ def report(rows: list[DomainLoss], run_dir: Path, *, title: str) -> str:
         if r.after is not None:
             ax.bar(i + width / 2, r.after, width, color="tab:blue", label="after" if i == 0 else None)
             ax.annotate(f"{r.change:+.3f}", (i + width / 2, r.after), ha="center", va="bottom", fontsize=9)
-    ax.set_xticks(range(len(rows)), [f"{r.domain} domain" for r in rows])
+    ax.set_xticks(range(len(rows)), ["forget text" if r.domain == "forget" else f"{r.domain} domain" for r in rows])
     ax.set(ylabel="loss (nats per token)", title=title)
     ax.grid(axis="y", alpha=0.3)
     ax.legend()

@@ -29,6 +29,7 @@ from lightning_llm.model.io import MANIFEST, read_manifest, resolve_checkpoint, 
 
 _VERSION = re.compile(r"v([1-9][0-9]*)")
 STATE = "registry.json"
+EVAL_LOSS_KEYS = ("best_val/loss", "val/loss")  # a version's eval loss, first found (run.json metrics)
 
 
 def now() -> str:
@@ -80,6 +81,15 @@ class Registry:
 
     def manifest(self, version: str) -> dict:
         return read_manifest(self.path(version))
+
+    def eval_loss(self, version: str) -> tuple[str, float] | None:
+        """The version's eval loss (nats per token) as its run recorded it: (metric, value), the
+        best validation loss where there is one; None when its run recorded none."""
+        metrics = self.manifest(version).get("registry", {}).get("eval") or {}
+        for key in EVAL_LOSS_KEYS:
+            if isinstance(metrics.get(key), (int, float)):
+                return key, float(metrics[key])
+        return None
 
     # --- changing ---------------------------------------------------------------------------------
 

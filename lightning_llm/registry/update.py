@@ -9,6 +9,12 @@ first data (the original domain, the same for every update of the line). The gat
 new-domain loss falls by more than `min_improvement` and the old-domain loss rises by no more than
 `max_forgetting` (nats per token; a negative margin demands that it fall).
 
+With `remove=<data>` (a prepared folder or a data config, as finetune.forget takes it) the update
+also pushes the model away from that text (lightning_llm/finetune/forget.py) and data= is what it
+keeps (new text, or the line's own data): the gate then asks that the removed text's held-out loss
+rise by at least `min_removal` and that neither the old domain's nor data='s loss rise by more than
+`max_forgetting` (nothing has to improve).
+
 The new version is registered either way, with an `update` section in its manifest (parent, losses,
 the gate's verdict and why); it becomes live only if the gate passed and the version it was trained
 from is still the live one (an update finished first keeps its place: two updates never both become
@@ -20,6 +26,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from torch.utils.data import DataLoader
@@ -27,6 +34,7 @@ from torch.utils.data import DataLoader
 from lightning_llm.artifacts import write_json
 from lightning_llm.data import PreparedData
 from lightning_llm.errors import UserError
+from lightning_llm.finetune.forget import prepared_with
 from lightning_llm.model.io import MANIFEST, read_manifest, tokenizer_hash
 from lightning_llm.registry.store import STATE, Registry, now
 from lightning_llm.training.datamodule import RandomWindows, TokenDataModule
@@ -39,12 +47,17 @@ class UpdateConfig:
     min_improvement: float = 0.0  # the new-domain loss must fall by more than this much
     old_data: list[str] = field(default_factory=list)  # prepared folders of the old domain (default: the line's)
     lock_wait: float = 60.0  # seconds to wait for the registry's lock held by another writer
+    remove: Any = None  # text to push the model away from: a prepared folder or a data config (finetune.forget)
+    min_removal: float = 0.1  # with remove: the removed text's held-out loss must rise by at least this
 
     def __post_init__(self):
         if not 0 <= self.replay < 1:
             raise ValueError(f"replay must be in [0, 1), got {self.replay}")
         if self.lock_wait < 0:
             raise ValueError(f"lock_wait must be at least 0, got {self.lock_wait}")
+        if self.remove is not None and not isinstance(self.remove, (str, dict)):
+            raise ValueError(f"remove must be a prepared-data folder or a data config ({{source: ..., ...}}), "
+                             f"got {self.remove!r}")
 
 
 class ReplayWindows(RandomWindows):
@@ -91,16 +104,8 @@ def old_domain(registry: Registry, version: str, *, cache_root: Path, tokenizer_
     The first is the old domain the gate scores; all of them are replayed."""
     wanted = tokenizer_hash(tokenizer_json)
     if explicit:
-        folders = []
-        for path in map(Path, explicit):
-            if not (path / "meta.json").is_file():
-                raise UserError(f"update.old_data: {path} is not a prepared-data folder (no meta.json in it)")
-            data = PreparedData(path)
-            if tokenizer_hash(data.tokenizer_path.read_text()) != wanted:
-                raise UserError(f"update.old_data: {path} was tokenized with another tokenizer than "
-                                f"{registry.name} {version}'s: its loss would mean nothing")
-            folders.append(data)
-        return folders
+        return [prepared_with(path, tokenizer_json=tokenizer_json, key="update.old_data",
+                              owner=f"{registry.name} {version}") for path in explicit]
     hashes = registry.manifest(version).get("registry", {}).get("data", [])
     found = [PreparedData(cache_root / h) for h in dict.fromkeys(hashes)
              if (cache_root / h / "meta.json").is_file()
@@ -124,32 +129,56 @@ class Verdict:
     old_change: float
     max_forgetting: float
     min_improvement: float
+    removed: dict | None = None  # update.remove: the removed text's {before, after, change} (held out)
+    min_removal: float | None = None
 
     def as_dict(self) -> dict:
+        removal = {} if self.removed is None else {"removed": self.removed, "min_removal": self.min_removal}
         return {"passed": self.passed, "reason": self.reason,
                 "new_domain": {"before": round(self.new_before, 4), "after": round(self.new_after, 4),
                                "change": self.new_change},
                 "old_domain": {"before": round(self.old_before, 4), "after": round(self.old_after, 4),
                                "change": self.old_change},
-                "max_forgetting": self.max_forgetting, "min_improvement": self.min_improvement}
+                "max_forgetting": self.max_forgetting, "min_improvement": self.min_improvement, **removal}
 
 
 def gate(losses: list[dict], settings: UpdateConfig) -> Verdict:
-    """The verdict on finetune's before/after losses (run.json's finetune.losses: new, then base)."""
+    """The verdict on finetune's before/after losses (run.json's finetune.losses: new, base and,
+    with update.remove, forget). With remove, data= is kept rather than learned: its loss may rise
+    by max_forgetting, as the old domain's, and the removed text's must rise by min_removal."""
     new, old = (next(r for r in losses if r["domain"] == d) for d in ("new", "base"))
+    removed = next((r for r in losses if r["domain"] == "forget"), None) if settings.remove is not None else None
+    if settings.remove is not None and removed is None:
+        raise UserError("update.remove is set but the run scored no removed text (no forget row in its losses)")
     improved, forgot = -new["change"], old["change"]  # as finetune's table shows them
     failures = []
-    if not improved > settings.min_improvement:
+    if removed is not None:
+        if not removed["change"] >= settings.min_removal:
+            failures.append(f"removed-text loss {removed['before']:.4f} -> {removed['after']:.4f} "
+                            f"({removed['change']:+.4f}) did not rise by update.min_removal={settings.min_removal}")
+        if -improved > settings.max_forgetting:
+            failures.append(f"kept (data=) loss {new['before']:.4f} -> {new['after']:.4f} ({-improved:+.4f}) "
+                            f"worsened by more than update.max_forgetting={settings.max_forgetting}")
+    elif not improved > settings.min_improvement:
         failures.append(f"new-domain loss {new['before']:.4f} -> {new['after']:.4f} did not fall by more than "
                         f"update.min_improvement={settings.min_improvement}")
     if forgot > settings.max_forgetting:
         failures.append(f"old-domain loss {old['before']:.4f} -> {old['after']:.4f} ({forgot:+.4f}) worsened by "
                         f"more than update.max_forgetting={settings.max_forgetting}")
-    reason = "; ".join(failures) if failures else (
-        f"new-domain loss {new['before']:.4f} -> {new['after']:.4f} ({-improved:+.4f}), old-domain loss "
-        f"{old['before']:.4f} -> {old['after']:.4f} ({forgot:+.4f}, within {settings.max_forgetting})")
+    if failures:
+        reason = "; ".join(failures)
+    elif removed is not None:
+        reason = (f"removed-text loss {removed['before']:.4f} -> {removed['after']:.4f} ({removed['change']:+.4f}, at "
+                  f"least {settings.min_removal}), kept (data=) loss {new['before']:.4f} -> {new['after']:.4f} "
+                  f"({-improved:+.4f}), old-domain loss {old['before']:.4f} -> {old['after']:.4f} ({forgot:+.4f}), "
+                  f"both within {settings.max_forgetting}")
+    else:
+        reason = (f"new-domain loss {new['before']:.4f} -> {new['after']:.4f} ({-improved:+.4f}), old-domain loss "
+                  f"{old['before']:.4f} -> {old['after']:.4f} ({forgot:+.4f}, within {settings.max_forgetting})")
+    removal = {} if removed is None else {
+        "removed": {k: removed[k] for k in ("data", "before", "after", "change")}, "min_removal": settings.min_removal}
     return Verdict(not failures, reason, new["before"], new["after"], old["before"], old["after"], new["change"],
-                   old["change"], settings.max_forgetting, settings.min_improvement)
+                   old["change"], settings.max_forgetting, settings.min_improvement, **removal)
 
 
 def register(registry: Registry, *, model: Path, parent: str, verdict: Verdict, record: dict,

@@ -23,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from lightning_llm.serving.follow import Hub
 from lightning_llm.serving.protocol import (
     APIError,
     ChatRequest,
@@ -55,10 +56,10 @@ class Guard:
     wrong Bearer key is a 401 before the body is read; a body over the limit is a 413; every
     answer is counted by endpoint and status, and timed."""
 
-    def __init__(self, app, *, service: Service, keys: list[str]):
-        self.app, self.service = app, service
+    def __init__(self, app, *, hub: Hub, keys: list[str]):
+        self.app, self.hub = app, hub
         self.keys = [key.encode() for key in keys]
-        self.limit = service.settings.max_body_bytes
+        self.limit = hub.settings.max_body_bytes
 
     def authorized(self, scope) -> bool:
         if not self.keys or scope["path"] in OPEN_PATHS:
@@ -95,7 +96,7 @@ class Guard:
             await self.app(scope, receive, counted_send)
         finally:
             code = status.get("code", 500)
-            m = self.service.metrics
+            m = self.hub.metrics
             m.requests.labels(endpoint, str(code)).inc()
             if code >= 400:
                 m.errors.labels(endpoint, str(code)).inc()
@@ -167,21 +168,29 @@ def sse(obj: dict | str) -> bytes:
     return f"data: {obj if isinstance(obj, str) else json.dumps(obj, separators=(',', ':'))}\n\n".encode()
 
 
-def create_app(service: Service) -> FastAPI:
-    settings = service.settings
+def create_app(service: Service | Hub) -> FastAPI:
+    """The HTTP API over one service, or over a Hub's current one (`registry=`: it changes; each
+    request keeps the service it started on)."""
+    hub = service if isinstance(service, Hub) else Hub(service)
+    settings = hub.settings
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        await asyncio.to_thread(service.start)
-        print(f"serving {service.model_name} at http://{settings.host}:{settings.port}/v1 (pid {os.getpid()})",
+        following = await hub.start()
+        current = hub.current
+        version = f"; registry {current.registry} {current.version}" if current.version else ""
+        print(f"serving {current.model_name} at http://{settings.host}:{settings.port}/v1 (pid {os.getpid()}{version})",
               flush=True)
         try:
             yield
         finally:
-            await asyncio.to_thread(service.stop)
+            hub.closing = True
+            if following is not None:
+                following.cancel()
+            await asyncio.to_thread(hub.stop)
 
     app = FastAPI(title="lightning-llm", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_middleware(Guard, service=service, keys=settings.all_api_keys())
+    app.add_middleware(Guard, hub=hub, keys=settings.all_api_keys())
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, err: APIError):
@@ -208,10 +217,13 @@ def create_app(service: Service) -> FastAPI:
         """Seconds this request has left of serve.request_timeout."""
         return max(0.0, settings.request_timeout - (time.perf_counter() - arrived(request)))
 
-    def available() -> None:
+    def available() -> Service:
+        """The service a request goes to (and stays with): the current one, if it answers."""
+        service = hub.current
         if not service.ready:
             raise APIError(503, "the server is not ready (warming up or shutting down)", type="server_error",
                            code="unavailable", headers={"Retry-After": "1"})
+        return service
 
     static = {path: (files("lightning_llm.serving").joinpath("static", name).read_bytes(), media)
               for path, (name, media) in PLAYGROUND.items()}
@@ -230,17 +242,20 @@ def create_app(service: Service) -> FastAPI:
 
     @app.get("/health")
     async def health():
+        service = hub.current
         if not service.ready:
             return JSONResponse({"status": "unavailable"}, status_code=503)
-        return {"status": "ok", "model": service.model_name}
+        return {"status": "ok", "model": service.model_name, "registry": service.registry,
+                "version": service.version}
 
     @app.get("/metrics")
     async def metrics():
-        service.sample_engine()
-        return Response(service.metrics.render(), media_type=service.metrics.content_type)
+        hub.current.sample_engine()
+        return Response(hub.metrics.render(), media_type=hub.metrics.content_type)
 
     @app.get("/v1/models")
     async def models():
+        service = hub.current
         return {"object": "list", "data": [{"id": service.model_name, "object": "model", "created": service.created,
                                             "owned_by": "lightning-llm", "max_model_len": service.context}]}
 
@@ -248,6 +263,7 @@ def create_app(service: Service) -> FastAPI:
     async def templates():
         """The chat templates a request may name (`template`), which one it gets without, and the
         index a request with `rag` retrieves from (null: none)."""
+        service = hub.current
         default = service.default_template.name
         return {"object": "list", "data": [{"name": name, "default": name == default}
                                            for name in service.template_names()],
@@ -255,30 +271,36 @@ def create_app(service: Service) -> FastAPI:
 
     @app.get("/tokenizer_info")
     async def tokenizer_info():
+        service = hub.current
         return {**service.specials, "chat_template": service.chat_template, "model_max_length": service.context,
                 "vocab_size": service.vocab, "tokenizer_class": "tokenizers.Tokenizer"}
 
     @app.post("/tokenize")
     async def tokenize(body: TokenizeRequest):
+        service = hub.current
         ids = service.tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens).ids
         return {"tokens": ids, "count": len(ids), "max_model_len": service.context}
 
     @app.post("/detokenize")
     async def detokenize(body: DetokenizeRequest):
+        service = hub.current
         if body.tokens:
             service.check_ids(body.tokens, "tokens")
         return {"prompt": service.tokenizer.decode(body.tokens, skip_special_tokens=False)}
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
-        return await answer(service.completion_job, "completion", body, request)
+        return await answer("completion", body, request)
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest, request: Request):
-        return await answer(service.chat_job, "chat", body, request)
+        return await answer("chat", body, request)
 
-    async def answer(make_job, kind: str, body, request: Request):
-        available()
+    async def answer(kind: str, body, request: Request):
+        # From here until the job is in the engine nothing awaits: a registry switch (on this loop)
+        # comes before or after, never in between, so the job always reaches an engine that runs it.
+        service = available()
+        version = {"X-Model-Version": service.version} if service.version else {}
         key = service.key(kind, body)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         if key is not None:
@@ -289,15 +311,15 @@ def create_app(service: Service) -> FastAPI:
                 cached.update(id=f"{prefix}-{uuid.uuid4().hex}", created=int(time.time()))
                 if body.stream:
                     chunks = [sse(c) for c in replay(cached, include_usage=include_usage)] + [sse("[DONE]")]
-                    return EventStream(replayed(chunks), job=None, headers={"X-Cache": "hit"})
-                return JSONResponse(cached, headers={"X-Cache": "hit"})
+                    return EventStream(replayed(chunks), job=None, headers={"X-Cache": "hit", **version})
+                return JSONResponse(cached, headers={"X-Cache": "hit", **version})
             service.metrics.cache_misses.inc()
-        headers = {"X-Cache": "miss" if key else "bypass"}
-        job = make_job(body, arrived(request))
+        headers = {"X-Cache": "miss" if key else "bypass", **version}
+        job = (service.completion_job if kind == "completion" else service.chat_job)(body, arrived(request))
         # The time limit cancels the job's sequences; each then ends, and the answer says why.
         timer = asyncio.get_running_loop().call_later(deadline(request), job.expire)
         if body.stream:
-            return EventStream(stream(job, key, request, timer), job=job, headers=headers)
+            return EventStream(stream(service, job, key, request, timer), job=job, headers=headers)
         watcher = asyncio.create_task(cancel_on_disconnect(request, job))
         try:
             await service.run(job)
@@ -317,9 +339,10 @@ def create_app(service: Service) -> FastAPI:
         """A client that hangs up on a non-streamed request leaves nothing to compute."""
         while (await request.receive())["type"] != "http.disconnect":
             pass
+        job.client_gone = True
         job.cancel()
 
-    async def stream(job: Job, key: str | None, request: Request, timer: asyncio.TimerHandle):
+    async def stream(service: Service, job: Job, key: str | None, request: Request, timer: asyncio.TimerHandle):
         started: set[int] = set()
         try:
             if job.kind == "chat":  # the assistant's role first, as OpenAI does

@@ -219,6 +219,8 @@ class Engine:
     def submit(self, prompt_ids: list[int], params: SamplingParams) -> RequestHandle:
         """Queue a request. ValueError for a prompt that does not fit the context or bad params;
         QueueFull when max_queue requests are waiting; EngineClosed when not accepting."""
+        if not self.accepting:  # checked again under the lock; a retired engine has no model left to check with
+            raise EngineClosed("the engine is shutting down")
         params.check()
         prompt_ids = [int(t) for t in prompt_ids]
         check_prompt(prompt_ids, self.block_size, slide=self.slide, max_new_tokens=params.max_tokens)
@@ -246,6 +248,11 @@ class Engine:
             else:
                 self.cancelled.append(handle)
                 self.lock.notify_all()
+
+    def close(self) -> None:
+        """Refuse new requests from now on; those queued and running go on."""
+        with self.lock:
+            self.accepting = False
 
     def shutdown(self, *, drain_timeout: float) -> None:
         """Refuse new requests, let queued and running ones finish for up to drain_timeout

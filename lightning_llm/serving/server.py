@@ -41,9 +41,9 @@ def uvicorn_config(app, settings: ServeSettings, **extra) -> uvicorn.Config:
                           access_log=settings.access_log, log_level="info", lifespan="on", **extra)
 
 
-def serve(settings: ServeSettings, artifact: Artifact | None = None) -> None:
+def serve(settings: ServeSettings, artifact: Artifact | None = None, *, index=None) -> None:
     """Serve until SIGTERM/SIGINT; return once every request in flight is answered (or the drain
-    timeout ran out)."""
+    timeout ran out). `index`: the RAG index the stage loaded already (one process), or None."""
     sock = bind(settings.host, settings.port)
     settings.port = sock.getsockname()[1]
     # uvicorn re-raises the signal it stopped on once it is done; a handler that ignores it lets
@@ -52,11 +52,13 @@ def serve(settings: ServeSettings, artifact: Artifact | None = None) -> None:
         signal.signal(sig, lambda *_: None)
     if settings.workers == 1:
         from lightning_llm.serving.app import create_app
+        from lightning_llm.serving.follow import hub_of
         from lightning_llm.serving.service import Service
 
         set_threads(settings)
         artifact = artifact or load_artifact(settings.ckpt, device=settings.device)
-        server = uvicorn.Server(uvicorn_config(create_app(Service(artifact, settings)), settings))
+        service = Service(artifact, settings, index=index)
+        server = uvicorn.Server(uvicorn_config(create_app(hub_of(service)), settings))
         server.run(sockets=[sock])
         if not server.started:
             raise UserError("the server failed to start (the log above says why)")
@@ -89,8 +91,9 @@ def set_threads(settings: ServeSettings) -> None:
 def app_from_env():
     """The app of one uvicorn worker, from the settings the parent put in the environment."""
     from lightning_llm.serving.app import create_app
+    from lightning_llm.serving.follow import hub_of
     from lightning_llm.serving.service import Service
 
     settings = ServeSettings.from_env()
     set_threads(settings)
-    return create_app(Service(load_artifact(settings.ckpt, device=settings.device), settings))
+    return create_app(hub_of(Service(load_artifact(settings.ckpt, device=settings.device), settings)))

@@ -1,13 +1,15 @@
 """What the server does with a request, apart from HTTP: prompts to token ids, sequences submitted
 to the engine, their token events turned into text (stop strings, logprobs), and OpenAI bodies.
 
-One Service per process (per replica): the model, its engine (the continuous batch), the
-response cache and the metrics all live here.
+One Service per model (per replica; `registry=` swaps it for the next version, see follow.py): the
+model, its engine (the continuous batch) and the response cache live here; the metrics are the
+process's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 import uuid
@@ -107,6 +109,7 @@ class Job:
     expired: bool = False  # serve.request_timeout ran out
     citations: list[dict] | None = None  # chat with `rag`: the passages put in the prompt (the first chunk carries them)
     citations_sent: bool = False
+    client_gone: bool = False  # the client hung up before the answer (a non-streamed request)
 
     def cancel(self) -> None:
         for seq in self.sequences:
@@ -122,10 +125,14 @@ class Service:
     """One replica: the model's engine, the tokenizer, the cache and the metrics, and every
     request's way from its pydantic body to the engine and back to an OpenAI body."""
 
-    def __init__(self, artifact: Artifact, settings: ServeSettings, *, metrics: Metrics | None = None):
+    def __init__(self, artifact: Artifact, settings: ServeSettings, *, metrics: Metrics | None = None,
+                 index=None):
         self.settings = settings
         self.tokenizer = artifact.tokenizer
         self.model_name = settings.model_name or model_name_of(artifact.path)
+        # The registry version this model is (its manifest says so), for drift metrics and responses.
+        info = artifact.manifest.get("registry") or {}
+        self.registry, self.version = info.get("name"), info.get("version")
         self.context = artifact.config.block_size
         self.vocab = min(artifact.config.vocab_size, self.tokenizer.get_vocab_size(with_added_tokens=True))
         self.specials = special_tokens(self.tokenizer)
@@ -142,8 +149,8 @@ class Service:
         else:
             self.default_template = self.model_template
         self.chat_template = self.default_template.source
-        self.index = None
-        if settings.rag_dir is not None:
+        self.index = index  # the stage's (or the replaced version's), so it is read once
+        if self.index is None and settings.rag_dir is not None:
             from lightning_llm.rag import load_index
 
             self.index = load_index(settings.rag_dir)
@@ -159,6 +166,7 @@ class Service:
                              eos_id=self.eos_id, batching=settings.batching, slide=settings.slide,
                              on_step=self.on_step)
         self.warm = False  # warmed up and not stopping
+        self.engines = lambda: [self.engine]  # what the queue and batch gauges add up (a Hub sets its own)
         self.created = int(time.time())
 
     # --- life cycle ----------------------------------------------------------------------------
@@ -182,9 +190,22 @@ class Service:
         """Answering requests: warmed up, not stopping, and the engine alive (/health says so)."""
         return self.warm and self.engine.alive
 
-    def stop(self) -> None:
+    def stop(self, drain_timeout: float | None = None) -> None:
+        """Refuse new requests, let those in the engine finish (serve.drain_timeout by default), stop."""
         self.warm = False
-        self.engine.shutdown(drain_timeout=self.settings.drain_timeout)
+        self.engine.shutdown(drain_timeout=self.settings.drain_timeout if drain_timeout is None else drain_timeout)
+
+    def retire(self) -> None:
+        """Replaced by another version: the requests already in the engine finish (as long as
+        serve.request_timeout lets any request take), then the engine stops and the model goes."""
+        self.stop(self.settings.request_timeout)
+        device = self.engine.device
+        self.engine.model = None
+        gc.collect()
+        if device.type == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
 
     def on_step(self, batch_size: int) -> None:
         """After every decode step, on the engine's thread: the batch size, the queue, the batch."""
@@ -192,8 +213,9 @@ class Service:
         self.sample_engine()
 
     def sample_engine(self) -> None:
-        self.metrics.queue_depth.set(self.engine.queue_depth)
-        self.metrics.active.set(self.engine.active)
+        engines = self.engines()
+        self.metrics.queue_depth.set(sum(e.queue_depth for e in engines))
+        self.metrics.active.set(sum(e.active for e in engines))
 
     # --- requests -------------------------------------------------------------------------------
 
@@ -477,17 +499,27 @@ class Service:
             pass
 
     def account(self, job: Job) -> None:
-        """Count what the job computed, however it ended."""
+        """Count what the job computed, however it ended, and each of its prompts' loss (drift):
+        once per prompt, from the first of its sequences the engine prefilled."""
         m = self.metrics
         m.generated_tokens.inc(sum(len(seq.tokens) for seq in job.sequences))
         m.prompt_tokens.inc(sum(len(p) for p in job.prompts))
         firsts = [seq.first_token_at for seq in job.sequences if seq.first_token_at is not None]
         if firsts:
             m.ttft.observe(min(firsts) - job.arrived)
+        scored = {}
+        for seq in job.sequences:
+            if seq.handle.prompt_loss is not None:
+                scored.setdefault(seq.prompt_index, (seq.handle.prompt_loss, len(seq.prompt_ids) - 1))
+        for loss, tokens in scored.values():
+            m.record_prompt(self.registry or "", self.version or "", loss=loss, tokens=tokens)
 
     def failure(self, job: Job) -> APIError | None:
         """The error to answer with when a sequence did not end normally."""
         reasons = {seq.finish_reason for seq in job.sequences}
+        if job.client_gone and reasons - {"stop", "length"}:  # nobody reads it: counted as nginx counts it
+            return APIError(499, "the client closed the request before its answer", type="client_closed_request",
+                            code="client_closed")
         if job.expired and reasons - {"stop", "length"}:
             limit = self.settings.request_timeout
             return APIError(504, f"the request took longer than serve.request_timeout={limit} s",

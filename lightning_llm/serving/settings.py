@@ -53,6 +53,9 @@ class ServeSettings:
     rag_dir: str | None = None        # where that index is (<output_root>/index/<name>), set by the stage
     rag_top_k: int = 3                # passages a request with `rag: {}` gets
     rag_max_top_k: int = 10           # the most passages a request may ask for
+    registry: str | None = None       # `registry=<name>`: serve its live version and follow it (ckpt is that version)
+    registry_root: str | None = None  # the output root the registry is under (set by the stage)
+    registry_poll: float = 2.0        # seconds between looks at the registry's registry.json
     warmup: bool = True               # run a short generation before answering
     access_log: bool = False          # uvicorn's line per request (costs CPU under load)
 
@@ -76,6 +79,8 @@ class ServeSettings:
         if self.request_timeout <= 0 or self.drain_timeout < 0 or not 0 <= self.stream_interval <= 1:
             raise ValueError("request_timeout must be positive, drain_timeout at least 0 and stream_interval "
                              "in 0..1 seconds")
+        if not self.registry_poll > 0:
+            raise ValueError(f"registry_poll must be a positive number of seconds, got {self.registry_poll}")
         if self.default_max_tokens > self.max_tokens:
             raise ValueError(f"default_max_tokens ({self.default_max_tokens}) exceeds max_tokens ({self.max_tokens})")
         if any(not isinstance(k, str) or not k for k in self.api_keys):

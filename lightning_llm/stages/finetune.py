@@ -1,10 +1,13 @@
 """llm finetune: continue a trained model on new data (full or LoRA, text or instruction), with its
-tokenizer fixed, and report the new domain's and the base domain's loss before and after."""
+tokenizer fixed, and report the new domain's and the base domain's loss before and after; with
+finetune.forget=<data>, also push it away from that text (lightning_llm/finetune/forget.py) and
+report the forget text's loss too."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from pathlib import Path
 
@@ -14,11 +17,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
 from lightning_llm.config import to_dataclass
-from lightning_llm.data import PreparedData, TokenizerConfig, prepare
+from lightning_llm.data import DataConfig, PreparedData, TokenizerConfig, prepare
 from lightning_llm.data.sources import source_files
 from lightning_llm.data.tokenizer import EOT, UNK
 from lightning_llm.errors import UserError
 from lightning_llm.finetune.config import FinetuneConfig
+from lightning_llm.finetune.forget import ForgetDataModule, ForgetModel, prepared_with
 from lightning_llm.finetune.forgetting import DomainLoss, mean_loss, report
 from lightning_llm.model import GPTConfig
 from lightning_llm.model.io import (
@@ -49,29 +53,21 @@ def base_domain(base: Artifact, settings: FinetuneConfig, cache_root: Path) -> P
     """The prepared folder of the base model's own data (finetune.base_data, else the one its run
     or manifest names), tokenized with the base's tokenizer; None (with a warning) when unknown."""
     if settings.base_data:
-        folder = Path(settings.base_data)
-        if not (folder / "meta.json").is_file():
-            raise UserError(f"finetune.base_data={folder} is not a prepared-data folder (no meta.json in it)")
-        candidates, explicit = [folder], True
-    else:
-        candidates, explicit = [], False
-        run_dir = run_dir_of(base.path)
-        if run_dir is not None:
-            data_dir = json.loads((run_dir / "run.json").read_text()).get("data", {}).get("dir")
-            candidates += [Path(data_dir)] if data_dir else []
-        if base.manifest.get("data_hash"):
-            candidates.append(cache_root / str(base.manifest["data_hash"]))
+        return prepared_with(settings.base_data, tokenizer_json=base.tokenizer_json, key="finetune.base_data",
+                             owner="the base model")
+    candidates = []
+    run_dir = run_dir_of(base.path)
+    if run_dir is not None:
+        data_dir = json.loads((run_dir / "run.json").read_text()).get("data", {}).get("dir")
+        candidates += [Path(data_dir)] if data_dir else []
+    if base.manifest.get("data_hash"):
+        candidates.append(cache_root / str(base.manifest["data_hash"]))
     for folder in candidates:
         if not (folder / "meta.json").is_file():
             continue
         data = PreparedData(folder)
-        if tokenizer_hash(data.tokenizer_path.read_text()) != tokenizer_hash(base.tokenizer_json):
-            if explicit:
-                raise UserError(f"finetune.base_data={folder} was tokenized with another tokenizer than the base "
-                                f"model's ({tokenizer_hash(data.tokenizer_path.read_text())} vs "
-                                f"{tokenizer_hash(base.tokenizer_json)}): its loss would mean nothing")
-            continue
-        return data
+        if tokenizer_hash(data.tokenizer_path.read_text()) == tokenizer_hash(base.tokenizer_json):
+            return data
     log.warning("base domain: no prepared data of the base model found (tried %s): the forgetting rows stay empty; "
                 "pass finetune.base_data=<prepared folder>", ", ".join(map(str, candidates)) or "nothing recorded")
     return None
@@ -126,6 +122,23 @@ def text_domain(cfg: DictConfig, base: Artifact, settings: FinetuneConfig, block
     return data, datamodule, held_out, record, meta["splits"]["val"]["bytes_per_token"]
 
 
+def forget_domain(source, base: Artifact, *, block_size: int, cache_root: str, key: str) -> PreparedData:
+    """The text to forget, tokenized as the base: a prepared-data folder (as update.old_data takes
+    one) or a data config mapping (as data: holds one) prepared with the base's tokenizer. Its train
+    split is what the model is pushed away from, its val split what is scored (held out)."""
+    if isinstance(source, str):
+        data = prepared_with(source, tokenizer_json=base.tokenizer_json, key=key, owner="the base model")
+    else:
+        config = to_dataclass(DataConfig, source, key)
+        data = prepare(config, TokenizerConfig(), cache_root, tokenizer_json=base.tokenizer_json)
+    for split in ("train", "val"):
+        tokens = data.meta["splits"][split]["tokens"]
+        if tokens <= block_size + 1:
+            raise UserError(f"{key}: the text to forget ({data.dir.name}) has {tokens} tokens in its {split} split, "
+                            f"no more than the model's block_size {block_size} + 1: give more of it")
+    return data
+
+
 def instruction_domain(cfg: DictConfig, base: Artifact, settings: FinetuneConfig, block_size: int):
     from lightning_llm.finetune import instruction
     from lightning_llm.serving.text import special_tokens
@@ -164,11 +177,14 @@ def instruction_domain(cfg: DictConfig, base: Artifact, settings: FinetuneConfig
     return None, datamodule, held_out, record, template
 
 
-def finetune(cfg: DictConfig, *, train_data=None) -> dict:
-    """Load the base, prepare the new data with its tokenizer, score both domains, fit, score
-    again, export and record. Returns the run's metrics. train_data(datamodule) may return the
-    datamodule to train on instead (`llm update` mixes in replay of the base's own data)."""
+def finetune(cfg: DictConfig, *, train_data=None, forget_key: str = "finetune.forget") -> dict:
+    """Load the base, prepare the new data with its tokenizer, score both domains (and the text to
+    forget), fit, score again, export and record. Returns the run's metrics. train_data(datamodule)
+    may return the datamodule to train on instead (`llm update` mixes in replay of the base's own
+    data); forget_key names finetune.forget in errors (`llm update` sets it from update.remove)."""
     settings = to_dataclass(FinetuneConfig, cfg.finetune, "finetune")
+    if settings.forget is not None and settings.format != "text":
+        raise UserError(f"{forget_key} works with text data: finetune.format=text")
     base = load_base(cfg)
     model_config = base.config
     with open_dict(cfg):
@@ -180,6 +196,8 @@ def finetune(cfg: DictConfig, *, train_data=None) -> dict:
         check_targets(base.model, settings.lora)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     old = base_domain(base, settings, Path(cfg.paths.data_cache))
+    forget = None if settings.forget is None else forget_domain(
+        settings.forget, base, block_size=model_config.block_size, cache_root=cfg.paths.data_cache, key=forget_key)
     old_bpt = old.meta["splits"]["val"]["bytes_per_token"] if old else None
     template = None
     if settings.format == "text":
@@ -194,12 +212,27 @@ def finetune(cfg: DictConfig, *, train_data=None) -> dict:
     old_batches = stacked(window_batches(old, "val", model_config.block_size, settings.eval_windows, cfg.batch_size)) \
         if old else []
 
-    module = LanguageModel(model_config.to_dict(), base.tokenizer_json, optimizer=instantiate(cfg.optim.optimizer),
-                           scheduler=instantiate(cfg.optim.scheduler), bytes_per_token=bytes_per_token)
+    module_args = dict(optimizer=instantiate(cfg.optim.optimizer), scheduler=instantiate(cfg.optim.scheduler),
+                       bytes_per_token=bytes_per_token)
+    if forget is None:
+        module = LanguageModel(model_config.to_dict(), base.tokenizer_json, **module_args)
+    else:
+        cap = settings.forget_cap or math.log(model_config.vocab_size)
+        module = ForgetModel(model_config.to_dict(), base.tokenizer_json, method=settings.forget_method,
+                             weight=settings.forget_weight, cap=cap, **module_args)
+        datamodule = ForgetDataModule(datamodule, forget.tokens("train"), block_size=model_config.block_size,
+                                      batch_size=cfg.batch_size, seed=cfg.seed)
     module.model.load_state_dict(base.model.state_dict())
-    rows = [DomainLoss("new", f"{data_record['hash']} (held out)", mean_loss(module.model, new_batches))]
+    scored = [(DomainLoss("new", f"{data_record['hash']} (held out)", mean_loss(module.model, new_batches)),
+               new_batches)]
     if old:
-        rows.append(DomainLoss("base", f"{old.dir.name} val", mean_loss(module.model, old_batches)))
+        scored.append((DomainLoss("base", f"{old.dir.name} val", mean_loss(module.model, old_batches)), old_batches))
+    if forget is not None:
+        forget_batches = stacked(window_batches(forget, "val", model_config.block_size, settings.eval_windows,
+                                                cfg.batch_size))
+        scored.append((DomainLoss("forget", f"{forget.dir.name} val", mean_loss(module.model, forget_batches)),
+                       forget_batches))
+    rows = [row for row, _ in scored]
     wrapped = None
     if settings.method == "lora":
         from lightning_llm.finetune.lora import add_lora
@@ -207,9 +240,13 @@ def finetune(cfg: DictConfig, *, train_data=None) -> dict:
         wrapped = add_lora(module.model, settings.lora)
     trainable = sum(p.numel() for p in module.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in base.model.parameters())
-    log.info("base: %s (%.2fM parameters); fine-tune: %s, %s trainable parameters (%.2f%%); new domain loss %.4f%s",
-             base.path, total / 1e6, settings.method, f"{trainable:,}", 100 * trainable / total, rows[0].before,
-             f", base domain loss {rows[1].before:.4f}" if old else "")
+    log.info("base: %s (%.2fM parameters); fine-tune: %s, %s trainable parameters (%.2f%%); %s",
+             base.path, total / 1e6, settings.method, f"{trainable:,}", 100 * trainable / total,
+             ", ".join(f"{r.domain} domain loss {r.before:.4f}" for r in rows))
+    if forget is not None:
+        log.info("forgetting %s (%s tokens of its train split) by %s, weight %s%s", forget.dir.name,
+                 f"{len(forget.tokens('train')):,}", settings.forget_method, settings.forget_weight,
+                 f", per-token NLL capped at {module.forget_cap:.3f}" if settings.forget_method == "ascent" else "")
 
     trainer, loggers, precision = make_trainer(cfg, block_size=model_config.block_size, model_config=model_config)
     run = Run(trainer, module, datamodule, data, GPTConfig(**model_config.to_dict()), loggers, precision)
@@ -219,17 +256,21 @@ def finetune(cfg: DictConfig, *, train_data=None) -> dict:
 
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
-    if best:  # the exported model and the "after" losses are the best validation's weights
+    if best and forget is None:  # the exported model and the "after" losses are the best validation's weights
+        # (when forgetting, the last weights: the best retain loss is the step that forgot least)
         module.load_state_dict(read_checkpoint(best)["state_dict"])
     module.model.float()
     device = next(module.model.parameters()).device
-    for row, batches in zip(rows, (new_batches, old_batches)):
+    for row, batches in scored:
         row.after = mean_loss(module.model, batches, device)
     run_dir = Path(cfg.paths.run_dir)
     finetune_record = {"method": settings.method, "format": settings.format, "base": str(base.path),
                        "trainable_parameters": trainable, "parameters": total,
                        "seconds_per_step": round(seconds / max(trainer.global_step, 1), 4),
                        "losses": [r.as_dict() for r in rows]}
+    if forget is not None:
+        finetune_record["forget"] = {"data": forget.dir.name, "method": settings.forget_method,
+                                     "weight": settings.forget_weight, "cap": round(module.forget_cap, 4)}
     manifest = {"produced_by": "finetune", "parent": str(base.path),
                 "finetune": {k: v for k, v in finetune_record.items() if k != "losses"}}
     if template is None:  # a text fine-tune keeps the base's default chat template
@@ -247,7 +288,8 @@ def finetune(cfg: DictConfig, *, train_data=None) -> dict:
                                         "target_modules": list(settings.lora.target_modules),
                                         "adapter": str(run_dir / "adapter")}
         exported = merged_copy(wrapped)
-    table = report(rows, run_dir, title=f"{settings.method} fine-tune of {base.path.name}: new and base domain loss")
+    scores = "new and base domain loss" if forget is None else "new, base domain and forget text loss"
+    table = report(rows, run_dir, title=f"{settings.method} fine-tune of {base.path.name}: {scores}")
     metrics = record(cfg, run, ckpt_path=None, seconds=seconds, exported=exported, manifest_extra=manifest,
                      data_record=data_record, run_extra={"finetune": finetune_record})
     if settings.export == "adapter":  # model/ becomes the adapter alone; load_artifact merges it into the base

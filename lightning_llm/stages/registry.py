@@ -1,4 +1,5 @@
-"""llm registry list|show|promote|rollback: the versions of a model and which one is live."""
+"""llm registry list|show|promote|rollback|status: the versions of a model, which one is live, and
+(status) how the loss of the prompts a server answers compares with the live version's eval loss."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from lightning_llm.errors import UserError
 from lightning_llm.registry import Registry, list_registries
 from lightning_llm.stages.common import stage
 
-ACTIONS = ("list", "show", "promote", "rollback")
+ACTIONS = ("list", "show", "promote", "rollback", "status")
 
 
 def registry_of(cfg: DictConfig) -> Registry:
@@ -42,6 +43,91 @@ def events_table(registry: Registry) -> str:
                            for e in registry.state()["events"]])
 
 
+def scrape(url: str, timeout: float) -> list:
+    """The metric families of a server's /metrics (url: where it serves, http://host:port)."""
+    import logging
+
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # its line per request is not part of the report
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as err:
+        raise UserError(f"url={url}: not a URL ({err})") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise UserError(f"url={url}: give the server's address, e.g. url=http://127.0.0.1:8000")
+    try:  # this one address and nothing else: no proxy from the environment, no redirect followed
+        answer = httpx.get(url.rstrip("/") + "/metrics", timeout=timeout, trust_env=False, follow_redirects=False)
+    except httpx.HTTPError as err:
+        raise UserError(f"cannot reach the server at {url} ({type(err).__name__}: {err or 'no answer'}); is "
+                        "`llm serve` running there?") from None
+    if answer.status_code != 200:
+        raise UserError(f"{url}/metrics answered {answer.status_code}, not metrics: is this an `llm serve` server?")
+    try:
+        return list(text_string_to_metric_families(answer.text))
+    except ValueError as err:
+        raise UserError(f"{url}/metrics is not a Prometheus metrics page ({err})") from None
+
+
+def served(families: list, registry: str) -> tuple[dict[str, dict], str | None]:
+    """Per version of the registry the server answered with: its summed prompt NLL (nats), scored
+    tokens and prompts; and the version the server serves now (None: not this registry)."""
+    by_version: dict[str, dict] = {}
+    now = None
+    wanted = {"llm_prompt_loss_nats_total": "nats", "llm_prompt_loss_tokens_total": "tokens",
+              "llm_prompt_loss_count": "prompts"}
+    for family in families:
+        for sample in family.samples:
+            if sample.labels.get("registry") != registry:
+                continue
+            version = sample.labels.get("version", "")
+            if sample.name in wanted:
+                row = by_version.setdefault(version, {"nats": 0.0, "tokens": 0.0, "prompts": 0.0})
+                row[wanted[sample.name]] += sample.value
+            elif sample.name == "llm_live_version" and sample.value >= 1:
+                now = version
+    return by_version, now
+
+
+def status_text(cfg: DictConfig, registry: Registry) -> str:
+    """The live version's eval loss beside the loss of the prompts a server scored, and a verdict."""
+    url, threshold, least = str(cfg.url), float(cfg.drift.threshold), int(cfg.drift.min_tokens)
+    by_version, now = served(scrape(url, float(cfg.timeout)), registry.name)
+    if now is None and not by_version:
+        raise UserError(f"the server at {url} serves no version of registry {registry.name!r} "
+                        f"(start it with `llm serve registry={registry.name}`)")
+    live = registry.live
+    rows, gaps = [], {}
+    for version in sorted({*by_version, *([live] if live else [])}, key=lambda v: int(v[1:]) if v[1:].isdigit() else 0):
+        row = by_version.get(version, {"nats": 0.0, "tokens": 0.0, "prompts": 0.0})
+        known = registry.eval_loss(version) if version in registry.versions() else None
+        mean = row["nats"] / row["tokens"] if row["tokens"] else None
+        gap = None if mean is None or known is None else mean - known[1]
+        gaps[version] = (gap, row["tokens"], known)
+        marks = [m for m, on in (("live", version == live), ("served", version == now)) if on]
+        rows.append([version + (f" ({', '.join(marks)})" if marks else ""),
+                     "-" if known is None else f"{known[1]:.4f}", "-" if mean is None else f"{mean:.4f}",
+                     f"{row['tokens']:,.0f}", f"{row['prompts']:,.0f}", "-" if gap is None else f"{gap:+.4f}"])
+    table = markdown_table(["version", "eval loss", "served prompts' loss", "tokens", "prompts", "gap"], rows)
+    gap, tokens, known = gaps.get(live, (None, 0, None))
+    if live is None:
+        verdict = f"registry {registry.name} has no live version"
+    elif known is None:
+        verdict = f"{live} recorded no eval loss (its run's best_val/loss): nothing to compare the served loss with"
+    elif tokens < least:
+        verdict = (f"too early to tell: {tokens:,.0f} prompt tokens of {live} scored so far "
+                   f"(drift.min_tokens={least})")
+    elif gap > threshold:
+        verdict = f"drift: served prompts' loss is {gap:.2f} nats above eval: an update is due"
+    else:
+        verdict = (f"no drift: served prompts' loss is {gap:+.2f} nats from eval (drift.threshold={threshold:g})")
+    if now is not None and now != live:
+        verdict += f"; the server still serves {now} (it switches to {live} once loaded)"
+    return (f"registry {registry.name}, server {url} (losses in nats per token; the served loss is the mean over "
+            f"the prompts the server scored since it started)\n\n{table}\n\n{verdict}")
+
+
 @stage("registry")
 def main(cfg: DictConfig) -> str:
     if cfg.action not in ACTIONS:
@@ -61,6 +147,8 @@ def main(cfg: DictConfig) -> str:
             version = str(cfg.version) if cfg.version else registry.live_path().name
             text = (f"registry {registry.name}, {version}" + (" (live)" if version == registry.live else "") + "\n\n"
                     + json.dumps(registry.manifest(version), indent=2) + "\n\n" + events_table(registry))
+        elif cfg.action == "status":
+            text = status_text(cfg, registry)
         elif cfg.action == "promote":
             before = registry.live
             version = registry.promote(source=cfg.source, version=str(cfg.version) if cfg.version else None,

@@ -36,6 +36,8 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python bench/matmul_peak.py
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/generate.py
+	$(BIN)/python bench/decode_bound.py --tokens 100
+	$(BIN)/python bench/precision_auto.py
 	$(BIN)/python bench/harness_overhead.py
 	$(BIN)/python bench/data_prep.py default
 	$(BIN)/python bench/serve.py --threads 1 --requests-per-client 2 --repeats 5 --cache-hits 50 --phase-timeout 60

@@ -47,6 +47,21 @@ def compose_config(stage: str, overrides: list[str] | None = None):
         return compose(config_name=stage, overrides=overrides or [])
 
 
+def random_model_folder(folder: Path, tokenizer_json: str, **config) -> Path:
+    """A model folder (as `llm train` writes one) of a seeded random GPT for the tokenizer: what a
+    serving or registry test loads when it needs no trained weights."""
+    import torch
+    from tokenizers import Tokenizer
+
+    from lightning_llm.model import GPT, GPTConfig
+    from lightning_llm.model.io import new_manifest, save_artifact
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=Tokenizer.from_str(tokenizer_json).get_vocab_size(), **config))
+    return save_artifact(model, tokenizer_json, folder, manifest=new_manifest(produced_by="test",
+                                                                              tokenizer_json=tokenizer_json))
+
+
 @pytest.fixture(scope="session")
 def cache_root(tmp_path_factory):
     return tmp_path_factory.mktemp("outputs") / "data"

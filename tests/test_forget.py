@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ import torch
 from conftest import compose_config, llm
 
 from lightning_llm.errors import UserError
+from lightning_llm.model.io import read_manifest
 
 KEEP = ["data=shakespeare", "data.genres=[comedy]", "data.name=comedies"]  # the retain set (data=)
 FAST = ["batch_size=8", "trainer.max_steps=16", "trainer.val_check_interval=8", "trainer.log_every_n_steps=1",
@@ -25,13 +27,12 @@ FAST = ["batch_size=8", "trainer.max_steps=16", "trainer.val_check_interval=8", 
 def made_up(tmp_path_factory):
     """The text to forget: 12 documents of an invented language (30 made-up words in random order),
     as a data config for finetune.forget / update.remove. Easy to learn, and unlike Shakespeare."""
-    folder = tmp_path_factory.mktemp("made_up")
-    rng = np.random.default_rng(0)
-    words = ["".join(rng.choice(list("bdfgklmnprstvz")) + rng.choice(list("aeiou")) for _ in range(3))
-             for _ in range(30)]
-    for i in range(12):
-        lines = [" ".join(rng.choice(words, 10)).capitalize() + "." for _ in range(60)]
-        (folder / f"doc{i:02d}.txt").write_text("\n".join(lines) + "\n")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("forget_bench", Path(__file__).parent.parent / "bench" / "forget.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    folder = bench.write_made_up(tmp_path_factory.mktemp("made_up"))  # the text bench/forget.py measures
     return f"{{source:text_files,paths:['{folder}'],name:made_up}}"
 
 
@@ -93,6 +94,23 @@ def test_forgetting_raises_the_forget_texts_loss_while_the_kept_texts_holds(tmp_
     table = (run_dir / "forgetting.md").read_text()
     assert "| forget |" in table and "The forget text's should rise" in table
     assert (run_dir / "plots" / "forgetting.png").stat().st_size > 0
+    # the exported model is the last step's weights: its val loss is what run.json records (what the
+    # registry reads as the version's eval loss), not the best checkpoint's
+    assert "best_val/loss" not in run["metrics"] and read_manifest(run_dir / "model")["checkpoint"] is None
+    assert run["metrics"]["val/loss"] == pytest.approx(exported_val_loss(run_dir, run), abs=1e-4)
+
+
+def exported_val_loss(run_dir, run) -> float:
+    """The run's model/ folder's loss on the validation windows of data= (val_windows=8, as FAST sets)."""
+    from lightning_llm.data import PreparedData
+    from lightning_llm.finetune.forgetting import mean_loss
+    from lightning_llm.model.io import load_artifact
+    from lightning_llm.training.datamodule import FixedWindows
+
+    model = load_artifact(str(run_dir / "model")).model
+    windows = FixedWindows(PreparedData(Path(run["data"]["dir"])).tokens("val"), model.config.block_size, 8)
+    x, y = zip(*[windows[i] for i in range(len(windows))])
+    return mean_loss(model, [(torch.stack(x), torch.stack(y))])
 
 
 def base_vocab(folder) -> int:
@@ -100,14 +118,14 @@ def base_vocab(folder) -> int:
 
 
 def test_the_forget_terms_are_bounded_and_finite_when_p_goes_to_0_or_1():
-    from lightning_llm.finetune.forget import MIN_ONE_MINUS_P, ascent_loss, forget_step, unlikelihood_loss
+    from lightning_llm.finetune.forget import UNLIKELIHOOD_CAP, ascent_loss, forget_step, unlikelihood_loss
 
     targets = torch.tensor([[1, 2, -1]])
     for scale in (1e4, -1e4, 0.0):  # p(target) -> 1, -> 0, uniform
         logits = torch.zeros(1, 3, 5)
         logits[0, 0, 1] = logits[0, 1, 2] = scale
         logits.requires_grad_(True)
-        for loss, low, high in ((unlikelihood_loss(logits, targets), 0.0, -math.log(MIN_ONE_MINUS_P) + 1e-3),
+        for loss, low, high in ((unlikelihood_loss(logits, targets), 0.0, UNLIKELIHOOD_CAP + 1e-5),  # float32
                                 (ascent_loss(logits, targets, cap=3.0), -3.0, 0.0)):
             (grad,) = torch.autograd.grad(loss, logits)
             assert torch.isfinite(loss) and low <= loss.item() <= high and torch.isfinite(grad).all()
@@ -128,6 +146,27 @@ def test_the_forget_terms_are_bounded_and_finite_when_p_goes_to_0_or_1():
         optimizer.zero_grad()
         assert torch.isfinite(loss) and 0 <= float(term) <= 14
     assert float(term) < 0.1
+
+
+def test_unlikelihood_pushes_hardest_on_the_tokens_the_model_is_sure_of():
+    """-log(1 - p)'s gradient with respect to the target's logit is p: 1 for a memorised token
+    (p == 1 in float32), where its value is capped, not 0; and the value is exact at every p."""
+    from lightning_llm.finetune.forget import UNLIKELIHOOD_CAP, unlikelihood_loss
+
+    targets = torch.tensor([[1, 2, -1]])
+    for lead in (1e4, 30.0, 5.0, 0.0, -5.0, -30.0):
+        logits = torch.zeros(1, 3, 5)
+        logits[0, 0, 1] = logits[0, 1, 2] = lead
+        logits.requires_grad_(True)
+        loss = unlikelihood_loss(logits, targets)
+        (grad,) = torch.autograd.grad(loss, logits)
+        p = math.exp(lead) / (math.exp(lead) + 4) if lead < 100 else 1.0
+        exact = -math.log1p(-p) if p < 1 else math.inf  # log1p: exact where p is near 0
+        assert float(loss) == pytest.approx(min(exact, UNLIKELIHOOD_CAP), rel=1e-5, abs=1e-30)
+        # two targets carry loss: each position's gradient on its target logit is p / 2
+        assert float(grad[0, 0, 1]) == pytest.approx(p / 2, rel=1e-5, abs=1e-30) and torch.isfinite(grad).all()
+        assert float(grad[0, 0].sum()) == pytest.approx(0, abs=1e-6) and not grad[0, 2].any()  # ignored: none
+    assert float(grad[0, 0, 1]) > 0  # at lead -30, p ~ 2e-14: it fades, but stays exact
 
 
 def test_a_removal_that_wrecks_the_rest_is_refused_and_the_live_version_stays(tmp_path, cache_root, base, made_up,
@@ -157,6 +196,35 @@ def test_a_removal_that_wrecks_the_rest_is_refused_and_the_live_version_stays(tm
     assert registry.state()["events"][-1]["event"] == "refused"
 
 
+def test_removing_with_replay_of_the_lines_own_data_warns_and_records_the_exported_loss(tmp_path, cache_root, base,
+                                                                                         made_up, prepared, caplog):
+    """Replay of the line's own data (update.old_data left at its default) may train on the text being
+    removed: one warning line names the way out. The registry's eval loss of the result is the
+    exported (last step's) weights' val loss."""
+    from lightning_llm.registry import Registry
+    from lightning_llm.stages.update import update
+
+    registry = Registry(tmp_path / "out", "demo")
+    registry.promote(source=base, reason="first")
+    def run_update(run_dir, *overrides):
+        cfg = compose_config("update", ["name=demo", *KEEP, *FAST, f"update.remove={made_up}", "trainer.max_steps=4",
+                                        "trainer.val_check_interval=3", f"paths.data_cache={cache_root}",
+                                        f"paths.output_root={tmp_path / 'out'}", f"paths.run_dir={run_dir}", *overrides])
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="lightning_llm"):
+            update(cfg)
+
+    run_update(tmp_path / "run", f"update.old_data=[{prepared.dir}]")
+    assert not [r for r in caplog.records if "replays the line's own data" in r.getMessage()]  # old_data given
+    run_update(tmp_path / "run2")
+    warned = [r.getMessage() for r in caplog.records if "replays the line's own data" in r.getMessage()]
+    assert len(warned) == 1 and "\n" not in warned[0]
+    assert warned[0].endswith("pass update.old_data=[<prepared folder without it>] or update.replay=0")
+    run = json.loads((tmp_path / "run2" / "run.json").read_text())
+    assert registry.eval_loss("v3") == ("val/loss", run["metrics"]["val/loss"])
+    assert run["metrics"]["val/loss"] == pytest.approx(exported_val_loss(tmp_path / "run2", run), abs=1e-4)
+
+
 def test_the_removal_gate_asks_for_the_rise_and_for_the_rest_to_hold():
     from lightning_llm.registry.update import UpdateConfig, gate
 
@@ -174,6 +242,21 @@ def test_the_removal_gate_asks_for_the_rise_and_for_the_rest_to_hold():
     assert not kept_worse.passed and kept_worse.reason.startswith("kept (data=) loss 2.0000 -> 2.2000")
     without = gate(losses(-0.1, 0.0, 0.5)[:2], UpdateConfig())  # no remove: the usual gate, no removal entry
     assert without.passed and "removed" not in without.as_dict()
+    nan = float("nan")  # a NaN loss (a diverged run) never passes, wherever it is
+    for kept, old, removed in ((nan, 0.0, 0.5), (0.0, nan, 0.5), (0.0, 0.0, nan)):
+        assert not gate(losses(kept, old, removed), settings).passed
+    assert not gate(losses(-0.1, nan, 0.5)[:2], UpdateConfig()).passed
+    assert not gate(losses(nan, 0.0, 0.5)[:2], UpdateConfig()).passed
+
+
+@pytest.mark.parametrize("value", [0, -0.1, "nan"])
+def test_min_removal_must_be_positive(value):
+    from lightning_llm.config import to_dataclass
+    from lightning_llm.registry.update import UpdateConfig
+
+    with pytest.raises(UserError, match=r"^update: min_removal must be more than 0 .*got") as err:
+        to_dataclass(UpdateConfig, {"min_removal": float(value)}, "update")
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("case", ["no folder", "unknown source", "selects nothing", "ascent on instructions"])

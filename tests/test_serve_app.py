@@ -9,6 +9,7 @@ import time
 import httpx
 import pytest
 import torch
+from conftest import random_model_folder
 
 from lightning_llm.model.gpt import GPT, GPTConfig
 from lightning_llm.model.io import load_artifact, new_manifest, save_artifact
@@ -19,14 +20,8 @@ from lightning_llm.serving.settings import ServeSettings
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory, prepared):
-    tokenizer_json = prepared.tokenizer_path.read_text()
-    from tokenizers import Tokenizer
-
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=Tokenizer.from_str(tokenizer_json).get_vocab_size(), block_size=512, n_layer=4,
-                          n_head=4, n_embd=128, position="rope"))
-    folder = save_artifact(model, tokenizer_json, tmp_path_factory.mktemp("app") / "model",
-                           manifest=new_manifest(produced_by="test", tokenizer_json=tokenizer_json))
+    folder = random_model_folder(tmp_path_factory.mktemp("app") / "model", prepared.tokenizer_path.read_text(),
+                                 block_size=512, n_layer=4, n_head=4, n_embd=128, position="rope")
     service = Service(load_artifact(folder), ServeSettings(ckpt=str(folder), request_timeout=0.3, max_tokens=500))
     service.start()
     yield service

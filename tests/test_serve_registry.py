@@ -20,7 +20,7 @@ import httpx
 import openai
 import pytest
 import torch
-from conftest import compose_config, llm, llm_env
+from conftest import compose_config, llm, llm_env, random_model_folder
 from prometheus_client.parser import text_string_to_metric_families
 from tokenizers import Tokenizer
 
@@ -107,7 +107,8 @@ def world(tmp_path_factory):
                                        "serve.cache_size=0", "serve.max_tokens=200"],
                                 stdout=handle, stderr=subprocess.STDOUT, env=llm_env(outputs))
     try:
-        wait_for(lambda: re.search(r"serving \S+ at (http://[\d.]+:\d+)/v1", log.read_text()), "the start", log)
+        wait_for(lambda: re.search(r"serving \S+ at (http://[\d.]+:\d+)/v1", log.read_text()), "the start", log,
+                 timeout=180)
         url = re.search(r"serving \S+ at (http://[\d.]+:\d+)/v1", log.read_text()).group(1)
         yield {"root": root, "outputs": outputs, "runs": runs, "registry": registry, "url": url, "log": log,
                "proc": proc}
@@ -149,8 +150,8 @@ def test_a_promotion_switches_the_server_with_no_failed_request(world):
         wait_for(lambda: len(results) >= 12 or failures, "12 answers from v1", log)
         registry.promote(source=world["runs"]["v2"], reason="a better one")
         wait_for(lambda: health(url)["version"] == "v2", "the switch to v2", log)
-        after = len(results)
-        wait_for(lambda: len(results) >= after + 12 or failures, "12 answers from v2", log)
+        wait_for(lambda: {w for w, version, _ in results if version == "v2"} == set(range(6)) or failures,
+                 "an answer from v2 to every client", log)
     finally:
         stop.set()
         for thread in threads:
@@ -235,12 +236,8 @@ def slow_service(tmp_path_factory):
     from lightning_llm.serving.service import Service
     from lightning_llm.serving.settings import ServeSettings
 
-    tokenizer = tokenizer_json()
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=vocab_size(tokenizer), block_size=512, n_layer=4,
-                          n_head=4, n_embd=128, position="rope"))
-    folder = save_artifact(model, tokenizer, tmp_path_factory.mktemp("hangup") / "model",
-                           manifest=new_manifest(produced_by="test", tokenizer_json=tokenizer))
+    folder = random_model_folder(tmp_path_factory.mktemp("hangup") / "model", tokenizer_json(), block_size=512,
+                                 n_layer=4, n_head=4, n_embd=128, position="rope")
     service = Service(load_artifact(folder), ServeSettings(ckpt=str(folder), max_tokens=500, cache_size=0))
     service.start()
     yield service
@@ -314,17 +311,19 @@ def test_serving_a_rag_index_reads_it_once(tmp_path, monkeypatch):
 
 def test_serve_needs_a_model_or_a_registry_in_one_line(tmp_path):
     for args, message in (([], "llm serve needs ckpt=<run dir | .ckpt | model folder> or registry=<name>"),
-                          (["registry=nothing"], "registry=nothing: no registry under")):
+                          (["registry=nothing"], "registry=nothing: no registry under"),
+                          (["registry=../x"], "registry='../x' becomes a folder name")):
         result = llm(["serve", *args], tmp_path, check=False, timeout=120)
         assert result.returncode == 2 and result.stderr.startswith(f"error: {message}"), result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+    from lightning_llm.serving.settings import ServeSettings
+
+    with pytest.raises(ValueError, match="registry='shakes' needs registry_root"):
+        ServeSettings(ckpt="model", registry=NAME)
 
 
 def test_a_replaced_version_finishes_its_requests_then_lets_its_model_go(tmp_path):
-    """In process: a request running on v1 at the switch runs to its end there; then v1's model is freed."""
-    import gc
-    import weakref
-
+    """In process: a request running on v1 at the switch runs to its end there; then v1's weights go."""
     from lightning_llm.serving.engine import SamplingParams
     from lightning_llm.serving.follow import hub_of
     from lightning_llm.serving.service import Service
@@ -337,7 +336,7 @@ def test_a_replaced_version_finishes_its_requests_then_lets_its_model_go(tmp_pat
     settings = ServeSettings(ckpt=str(registry.path("v1")), registry=NAME, registry_root=str(tmp_path),
                              max_tokens=200, warmup=False)
     artifact = load_artifact(registry.path("v1"))
-    model = weakref.ref(artifact.model)
+    stray = artifact.model  # a reference to v1's model left somewhere: it must not keep the weights
     hub = hub_of(Service(artifact, settings))
     del artifact
 
@@ -356,7 +355,270 @@ def test_a_replaced_version_finishes_its_requests_then_lets_its_model_go(tmp_pat
         events = asyncio.run(switch())
         assert events[-1].finish_reason == "length" and sum(e.token_id is not None for e in events) == 200
         assert not hub.draining
-        gc.collect()
-        assert model() is None  # nothing holds v1's weights any more
+        tensors = [*stray.parameters(), *stray.buffers()]
+        assert tensors and all(t.device.type == "meta" for t in tensors)  # v1's weights are gone
     finally:
         hub.stop()
+
+
+def test_one_process_serving_a_registry_keeps_no_replaced_model(tmp_path, monkeypatch):
+    """Through the stage and server.serve (uvicorn's loop stands in): once v2 replaced v1 and v1 drained,
+    nothing holds v1's model, though the stage's and serve()'s frames are still running."""
+    import gc
+    import weakref
+
+    import lightning_llm.model.io as io
+    import lightning_llm.serving.follow as follow
+    import lightning_llm.serving.server as server
+    from lightning_llm.stages.serve import main
+
+    tokenizer = tokenizer_json()
+    registry = Registry(tmp_path, NAME)
+    runs = [run_dir(tmp_path / version, seed, tokenizer) for seed, version in enumerate(["v1", "v2"])]
+    registry.promote(source=runs[0], reason="v1")
+    models, hubs, freed = [], [], []
+    real_load, real_hub_of = io.load_artifact, follow.hub_of
+
+    def load(*args, **kwargs):
+        artifact = real_load(*args, **kwargs)
+        models.append(weakref.ref(artifact.model))
+        return artifact
+
+    class Uvicorn:
+        def __init__(self, config):
+            self.config, self.started = config, True
+
+        def run(self, sockets):
+            app, hub = self.config.app, hubs[0]
+
+            async def switch():
+                async with app.router.lifespan_context(app):
+                    assert hub.current.version == "v1"
+                    registry.promote(source=runs[1], reason="v2")
+                    hub.switch(await asyncio.to_thread(hub.load, "v2"))
+                    await asyncio.gather(*hub.retiring)
+                    gc.collect()
+                    freed.append(models[0]() is None)
+
+            asyncio.run(switch())
+
+    monkeypatch.setattr(io, "load_artifact", load)
+    monkeypatch.setattr(server, "load_artifact", load)
+    monkeypatch.setattr(follow, "hub_of", lambda service: hubs.append(real_hub_of(service)) or hubs[-1])
+    monkeypatch.setattr(server.uvicorn, "Server", Uvicorn)
+    monkeypatch.setattr(server.signal, "signal", lambda *args: None)
+    monkeypatch.setattr(server, "set_threads", lambda settings: None)
+    main(compose_config("serve", [f"registry={NAME}", f"paths.output_root={tmp_path}", "serve.port=0", "device=cpu",
+                                  "serve.warmup=false", "serve.registry_poll=60"]))
+    assert len(models) == 2 and freed == [True]
+
+
+def test_shutdown_returns_once_the_last_running_request_is_cancelled():
+    """The engine wakes a waiting shutdown when it drops cancelled requests (not only at its deadline)."""
+    from lightning_llm.serving.engine import Engine, SamplingParams
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=32, block_size=256, n_layer=1, n_head=1, n_embd=16)).eval()
+    engine = Engine(model, max_batch_size=1, on_step=lambda size: time.sleep(0.01))  # 200 tokens: 2 s or more
+    engine.start()
+    running = engine.submit([1, 2, 3], SamplingParams(max_tokens=200, temperature=0))
+    queued = engine.submit([1, 2], SamplingParams(max_tokens=200, temperature=0))
+    next(running.events())  # it runs
+    stopper = threading.Thread(target=engine.shutdown, kwargs={"drain_timeout": 30})
+    stopper.start()
+    time.sleep(0.1)
+    start = time.perf_counter()
+    queued.cancel()
+    running.cancel()
+    stopper.join(30)
+    assert time.perf_counter() - start < 5 and not stopper.is_alive() and not engine.alive
+    assert running.finished and queued.finished
+
+
+def test_a_version_no_longer_live_once_loaded_is_dropped_for_the_live_one(tmp_path):
+    """While v2 loads, v3 is promoted: v2 is stopped once loaded, never served, and the server goes to v3."""
+    from lightning_llm.serving.follow import hub_of
+    from lightning_llm.serving.service import Service
+    from lightning_llm.serving.settings import ServeSettings
+
+    tokenizer = tokenizer_json()
+    registry = Registry(tmp_path, NAME)
+    runs = [run_dir(tmp_path / version, seed, tokenizer) for seed, version in enumerate(["v1", "v2", "v3"])]
+    registry.promote(source=runs[0], reason="v1")
+    settings = ServeSettings(ckpt=str(registry.path("v1")), registry=NAME, registry_root=str(tmp_path),
+                             warmup=False, registry_poll=0.05)
+    hub = hub_of(Service(load_artifact(registry.path("v1")), settings))
+    built, served_versions = [], []
+    build = hub.build
+
+    def slow_build(path: Path) -> Service:
+        service = build(path)
+        built.append(service)
+        if service.version == "v2":  # a newer version is promoted while v2 loads
+            registry.promote(source=runs[2], reason="v3 came meanwhile")
+        return service
+
+    hub.build = slow_build
+
+    async def follow():
+        task = await hub.start()
+        registry.promote(source=runs[1], reason="v2")
+        deadline = time.monotonic() + 60
+        while hub.current.version != "v3" and time.monotonic() < deadline:
+            served_versions.append(hub.current.version)
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.wait([task])
+
+    try:
+        asyncio.run(follow())
+        assert hub.current.version == "v3" and set(served_versions) == {"v1"}
+        assert [s.version for s in built] == ["v2", "v3"] and not built[0].engine.alive
+    finally:
+        hub.stop()
+
+
+def test_llm_registry_status_checks_its_numbers_and_reads_metrics_with_care(tmp_path, monkeypatch):
+    """timeout= and drift.* are checked in one line; /metrics is asked for at the server's path, without the
+    url's query; a page too large or not Prometheus text is one line too."""
+    import http.server
+
+    import lightning_llm.stages.registry as stage
+    from lightning_llm.errors import UserError
+
+    registry = Registry(tmp_path, NAME)
+    registry.promote(source=run_dir(tmp_path / "v1", 0, tokenizer_json()), reason="v1")
+    paths, pages = [], [b"not metrics {", b"# TYPE x counter\n" + b"x_total 1\n" * 200]
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            paths.append(self.path)
+            body = pages[len(paths) - 1]
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/base/?q=1#x"
+
+    def status(*args: str) -> str:
+        with pytest.raises(UserError) as caught:
+            stage.status_text(compose_config("registry", ["action=status", f"name={NAME}", f"url='{url}'", *args]),
+                              registry)
+        assert "\n" not in str(caught.value), caught.value
+        return str(caught.value)
+
+    try:
+        for arg in ("timeout=abc", "timeout=null", "timeout=0", "drift.threshold=x", "drift.min_tokens=x",
+                    "drift.min_tokens=1.5"):
+            key, value = arg.split("=")
+            assert status(arg).startswith(f"{key}="), arg
+        assert paths == []  # nothing was asked before the numbers were checked
+        assert "is not a Prometheus metrics page" in status()
+        monkeypatch.setattr(stage, "MAX_METRICS_BYTES", 1000)
+        assert "sent more than 1,000 bytes" in status()
+        assert paths == ["/base/metrics", "/base/metrics"]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_a_malformed_registry_file_is_said_once_and_a_dead_follow_task_is_logged(tmp_path, monkeypatch, caplog):
+    """registry.json that is JSON but not a registry's keeps the server following; were the follow task to
+    end with an error anyway, the log says so."""
+    import logging
+
+    from lightning_llm.serving.follow import hub_of
+    from lightning_llm.serving.service import Service
+    from lightning_llm.serving.settings import ServeSettings
+
+    registry = Registry(tmp_path, NAME)
+    registry.promote(source=run_dir(tmp_path / "v1", 0, tokenizer_json()), reason="v1")
+    state = registry.dir / "registry.json"
+    good = state.read_text()
+    settings = ServeSettings(ckpt=str(registry.path("v1")), registry=NAME, registry_root=str(tmp_path),
+                             warmup=False, registry_poll=0.02)
+    hub = hub_of(Service(load_artifact(registry.path("v1")), settings))
+    caplog.set_level(logging.INFO, logger="lightning_llm.serving.follow")
+
+    async def until(condition, what: str) -> None:
+        deadline = time.monotonic() + 30
+        while not condition():
+            assert time.monotonic() < deadline, f"{what}: {caplog.text}"
+            await asyncio.sleep(0.01)
+
+    async def follow():
+        task = await hub.start()
+        for bad in ("[]", "{}", '{"live": null'):  # a list, no "live", not JSON
+            state.write_text(bad)
+            await until(lambda: "cannot read" in caplog.text, "the unreadable file said")
+            await asyncio.sleep(0.1)
+            assert not task.done(), task
+            state.write_text(good)
+            await asyncio.sleep(0.1)
+            caplog.clear()
+        monkeypatch.setattr(Registry, "live", property(lambda self: 1 / 0))  # a bug, say
+        state.write_text(good + " ")
+        await until(task.done, "the follow task's end")
+        await until(lambda: "stopped following it (ZeroDivisionError" in caplog.text, "its end logged")
+
+    try:
+        asyncio.run(follow())
+        assert hub.current.version == "v1"
+    finally:
+        hub.stop()
+
+
+def test_a_load_cut_short_by_shutdown_or_a_failed_warmup_leaves_no_engine_running(tmp_path):
+    """The follow task cancelled (shutdown) while a version loads: that version is stopped once loaded.
+    A warm-up that fails stops its engine before the error goes up."""
+    from lightning_llm.serving.follow import hub_of
+    from lightning_llm.serving.service import Service
+    from lightning_llm.serving.settings import ServeSettings
+
+    tokenizer = tokenizer_json()
+    registry = Registry(tmp_path, NAME)
+    runs = [run_dir(tmp_path / version, seed, tokenizer) for seed, version in enumerate(["v1", "v2"])]
+    registry.promote(source=runs[0], reason="v1")
+    settings = ServeSettings(ckpt=str(registry.path("v1")), registry=NAME, registry_root=str(tmp_path),
+                             warmup=False, registry_poll=0.02)
+    hub = hub_of(Service(load_artifact(registry.path("v1")), settings))
+    built, loading = [], threading.Event()
+    build = hub.build
+
+    def slow_build(path: Path) -> Service:
+        loading.set()
+        time.sleep(0.3)  # the shutdown comes while this loads
+        built.append(build(path))
+        return built[-1]
+
+    hub.build = slow_build
+
+    async def cancelled_while_loading():
+        task = await hub.start()
+        registry.promote(source=runs[1], reason="v2")
+        await asyncio.to_thread(loading.wait, 30)
+        task.cancel()
+        await asyncio.wait([task])
+
+    try:
+        asyncio.run(cancelled_while_loading())
+        assert hub.current.version == "v1" and len(built) == 1 and not built[0].engine.alive
+    finally:
+        hub.stop()
+
+    service = Service(load_artifact(registry.path("v2")), ServeSettings(ckpt=str(registry.path("v2"))))
+
+    def refuse(*args, **kwargs):
+        raise ValueError("no room for the warm-up")
+
+    service.engine.submit = refuse
+    with pytest.raises(ValueError, match="no room"):
+        service.start()
+    assert not service.engine.alive

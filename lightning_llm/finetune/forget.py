@@ -9,8 +9,10 @@ cannot run away:
 - unlikelihood (the default): mean of -log(1 - p(token)) over the forget text's target tokens
   (Welleck et al. 2019, "Neural text generation with unlikelihood training"). It is at least 0, and
   its gradient fades as p(token) -> 0: it stops pushing once the text is unlikely, instead of
-  trading the rest of the model for ever higher loss. p is kept at most 1 - 1e-6, so a token the
-  model is sure of costs at most -log(1e-6) = 13.8 nats, never inf.
+  trading the rest of the model for ever higher loss. Its gradient with respect to the logits is
+  at most p(token) in size, largest for the tokens the model is surest of; its value is unbounded
+  as p -> 1, so each token's value is capped at 13.8 nats (-log(1e-6)) with the gradient kept
+  (a token the model is sure of still gets the full push).
 - ascent: gradient ascent on the forget text's NLL (Jang et al. 2022, "Knowledge unlearning"), each
   token's NLL capped at `cap` nats: the term is -min(NLL, cap), in [-cap, 0], and a token past the
   cap gives no gradient. Plain ascent is unbounded below (NLL -> inf) and wrecks the model.
@@ -37,7 +39,7 @@ from lightning_llm.model.io import tokenizer_hash
 from lightning_llm.training.datamodule import RandomWindows
 from lightning_llm.training.module import LanguageModel
 
-MIN_ONE_MINUS_P = 1e-6  # unlikelihood: 1 - p(token) is kept at least this, so the term is at most 13.8 nats
+UNLIKELIHOOD_CAP = -math.log(1e-6)  # unlikelihood: a token's value is at most 13.8 nats (its gradient is kept)
 IGNORE = -1  # GPT's ignore_index: targets that carry no loss
 
 
@@ -53,11 +55,18 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def unlikelihood_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean -log(1 - p(target)) over the targets: in [0, -log(MIN_ONE_MINUS_P)]. From the NLL,
-    1 - p = -expm1(-NLL), exact where p is near 0 or 1."""
-    nll, mask = token_nll(logits, targets)
-    one_minus_p = -torch.expm1(-nll.clamp(min=-math.log1p(-MIN_ONE_MINUS_P)))
-    return masked_mean(-torch.log(one_minus_p), mask)
+    """Mean -log(1 - p(target)) over the targets (not IGNORE), each token's in [0, UNLIKELIHOOD_CAP].
+
+    Exact at any p: with rest = logsumexp of the other logits, -log(1 - p) = softplus(logit - rest).
+    Past the cap the value is the cap but the gradient stays the exact one (p for the target's logit),
+    so the tokens the model is surest of, where the push matters most, are not left out."""
+    logits = logits.float()
+    index = targets.clamp(min=0).unsqueeze(-1)  # IGNORE rows pick any logit: they carry no weight
+    target = logits.gather(-1, index).squeeze(-1)
+    rest = logits.scatter(-1, index, float("-inf")).logsumexp(-1)
+    term = F.softplus(target - rest)
+    capped = torch.where(term > UNLIKELIHOOD_CAP, term - term.detach() + UNLIKELIHOOD_CAP, term)
+    return masked_mean(capped.reshape(-1), targets.reshape(-1) != IGNORE)
 
 
 def ascent_loss(logits: torch.Tensor, targets: torch.Tensor, *, cap: float) -> torch.Tensor:

@@ -53,6 +53,9 @@ class UpdateConfig:
     def __post_init__(self):
         if not 0 <= self.replay < 1:
             raise ValueError(f"replay must be in [0, 1), got {self.replay}")
+        if not self.min_removal > 0:  # also refuses NaN
+            raise ValueError(f"min_removal must be more than 0 (the removed text's loss has to rise), "
+                             f"got {self.min_removal}")
         if self.lock_wait < 0:
             raise ValueError(f"lock_wait must be at least 0, got {self.lock_wait}")
         if self.remove is not None and not isinstance(self.remove, (str, dict)):
@@ -156,13 +159,13 @@ def gate(losses: list[dict], settings: UpdateConfig) -> Verdict:
         if not removed["change"] >= settings.min_removal:
             failures.append(f"removed-text loss {removed['before']:.4f} -> {removed['after']:.4f} "
                             f"({removed['change']:+.4f}) did not rise by update.min_removal={settings.min_removal}")
-        if -improved > settings.max_forgetting:
+        if not -improved <= settings.max_forgetting:  # `not <=`: a NaN loss fails
             failures.append(f"kept (data=) loss {new['before']:.4f} -> {new['after']:.4f} ({-improved:+.4f}) "
                             f"worsened by more than update.max_forgetting={settings.max_forgetting}")
     elif not improved > settings.min_improvement:
         failures.append(f"new-domain loss {new['before']:.4f} -> {new['after']:.4f} did not fall by more than "
                         f"update.min_improvement={settings.min_improvement}")
-    if forgot > settings.max_forgetting:
+    if not forgot <= settings.max_forgetting:
         failures.append(f"old-domain loss {old['before']:.4f} -> {old['after']:.4f} ({forgot:+.4f}) worsened by "
                         f"more than update.max_forgetting={settings.max_forgetting}")
     if failures:

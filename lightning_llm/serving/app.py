@@ -181,12 +181,14 @@ def create_app(service: Service | Hub) -> FastAPI:
         version = f"; registry {current.registry} {current.version}" if current.version else ""
         print(f"serving {current.model_name} at http://{settings.host}:{settings.port}/v1 (pid {os.getpid()}{version})",
               flush=True)
+        del current  # this frame lives as long as the server: it must not keep a replaced version's model
         try:
             yield
         finally:
             hub.closing = True
             if following is not None:
                 following.cancel()
+                await asyncio.wait([following])  # a version loading meanwhile finishes, then stops
             await asyncio.to_thread(hub.stop)
 
     app = FastAPI(title="lightning-llm", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)

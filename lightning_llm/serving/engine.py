@@ -245,6 +245,7 @@ class Engine:
             if handle in self.queue:  # never started: it leaves the queue now
                 self.queue.remove(handle)
                 handle.deliver(TokenEvent(None, finish_reason="cancelled"))
+                self.lock.notify_all()  # shutdown() waits for the queue to empty
             else:
                 self.cancelled.append(handle)
                 self.lock.notify_all()
@@ -331,6 +332,8 @@ class Engine:
                             batch.remove(handle.row)
                             self.running.remove(handle)
                             handle.row = None
+                    if cancelled:
+                        self.lock.notify_all()  # shutdown() waits for running requests to end
                     admitted = []
                     while self.queue and len(self.running) + len(admitted) < self.max_batch_size:
                         admitted.append(self.queue.popleft())

@@ -2,7 +2,7 @@
 
 A Hub holds the Service new requests go to (`current`) and the replaced ones still finishing
 theirs. Without a registry it holds one Service for good. With one, a task on the event loop reads
-registry.json every serve.registry_poll seconds (only when its mtime changed); when another
+registry.json every serve.registry_poll seconds (only when the file changed); when another
 version is live (a promotion or a rollback), a worker thread loads and warms it while the loop
 keeps answering, then, on the loop, new requests go to it and the replaced service drains: its
 engine finishes what it holds (for up to serve.request_timeout), stops, and lets its model go.
@@ -35,9 +35,10 @@ def hub_of(service: Service) -> Service | Hub:
     from lightning_llm.model.io import load_artifact
     from lightning_llm.registry import Registry
 
+    metrics, index = service.metrics, service.index  # the process's, shared; nothing else of the first service
+
     def build(path: Path) -> Service:
-        return Service(load_artifact(path, device=settings.device), settings, metrics=service.metrics,
-                       index=service.index)
+        return Service(load_artifact(path, device=settings.device), settings, metrics=metrics, index=index)
 
     return Hub(service, registry=Registry(settings.registry_root, settings.registry), poll=settings.registry_poll,
                build=build)
@@ -69,7 +70,18 @@ class Hub:
 
     async def start(self) -> asyncio.Task | None:
         await asyncio.to_thread(self.current.start)
-        return asyncio.create_task(self.follow()) if self.registry is not None else None
+        if self.registry is None:
+            return None
+        task = asyncio.create_task(self.follow())
+        task.add_done_callback(self.followed)
+        return task
+
+    def followed(self, task: asyncio.Task) -> None:
+        """The follow task ended: on shutdown (cancelled), or, were it a bug, say so."""
+        if not task.cancelled() and task.exception() is not None:
+            err = task.exception()
+            log.error("registry %s: stopped following it (%s: %s); %s keeps serving", self.registry.name,
+                      type(err).__name__, err, self.current.version, exc_info=err)
 
     def stop(self) -> None:
         """On shutdown (the HTTP side has drained): stop every engine."""
@@ -87,12 +99,14 @@ class Hub:
         while True:
             await asyncio.sleep(self.poll)
             try:
-                mtime = state.stat().st_mtime_ns
-                if mtime == seen:
+                # registry.json is replaced whole (a new file renamed over it): a new inode on every write
+                info = state.stat()
+                stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
+                if stamp == seen:
                     continue
                 live = await asyncio.to_thread(lambda: self.registry.live)
-                seen, unreadable = mtime, False
-            except (OSError, ValueError) as err:  # gone, or not JSON: keep serving, say so once
+                seen, unreadable = stamp, False
+            except (OSError, ValueError, KeyError, TypeError) as err:  # gone, not JSON, not a registry's
                 if not unreadable:
                     log.error("registry %s: cannot read %s (%s); %s keeps serving", self.registry.name, state,
                               err, self.current.version)
@@ -104,25 +118,59 @@ class Hub:
             if live == failed:
                 continue
             try:
-                service = await asyncio.to_thread(self.load, live)
+                service = await self.loaded(live)
             except Exception as err:  # noqa: BLE001 - whatever broke the new version, the old one serves on
                 log.error("registry %s: cannot switch to %s (%s: %s); %s keeps serving", self.registry.name, live,
                           type(err).__name__, str(err).splitlines()[0] if str(err) else "", self.current.version)
                 failed = live
                 continue
-            if service is None:  # shutting down meanwhile
-                return
             failed = None
-            self.switch(service)
+            if service is None:
+                if self.closing:
+                    return
+                log.info("registry %s: %s is no longer live once loaded; %s keeps serving", self.registry.name,
+                         live, self.current.version)
+                seen = None  # read the registry again at the next look
+                continue
+            try:
+                self.switch(service)
+            except Exception as err:  # noqa: BLE001 - the switch failed before it was made: keep the old one
+                log.exception("registry %s: cannot switch to %s (%s: %s); %s keeps serving", self.registry.name,
+                              live, type(err).__name__, err, self.current.version)
+                if self.current is not service:
+                    await asyncio.to_thread(service.stop, 0)
+                failed = live
+
+    async def loaded(self, version: str) -> Service | None:
+        """load(version) in a worker thread. Cancelled meanwhile (shutdown), the load still runs to its
+        end, and the service it made stops before the cancellation goes on."""
+        future = asyncio.ensure_future(asyncio.to_thread(self.load, version))
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            try:
+                service = await future
+            except Exception:  # noqa: BLE001 - it failed to load: nothing to stop
+                service = None
+            if service is not None:
+                await asyncio.to_thread(service.stop, 0)
+            raise
 
     def load(self, version: str) -> Service | None:
-        """The version's service, warmed up (in a worker thread); None if the server began stopping."""
+        """The version's service, warmed up (in a worker thread); None (and nothing left running) if
+        the server began stopping or that version is no longer live by then: loading takes a while."""
         service = self.build(self.registry.path(version))
-        service.start()
-        if self.closing:
+        service.start()  # if it fails, it stopped its engine first
+        if self.closing or not self.is_live(version):
             service.stop(0)
             return None
         return service
+
+    def is_live(self, version: str) -> bool:
+        try:
+            return self.registry.live == version
+        except (OSError, ValueError, KeyError, TypeError):  # unreadable now: look again later
+            return False
 
     def switch(self, service: Service) -> None:
         """On the loop: new requests go to `service`; the old one drains in a thread, then goes."""

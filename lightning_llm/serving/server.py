@@ -41,9 +41,11 @@ def uvicorn_config(app, settings: ServeSettings, **extra) -> uvicorn.Config:
                           access_log=settings.access_log, log_level="info", lifespan="on", **extra)
 
 
-def serve(settings: ServeSettings, artifact: Artifact | None = None, *, index=None) -> None:
+def serve(settings: ServeSettings, loaded: list[Artifact] | None = None, *, index=None) -> None:
     """Serve until SIGTERM/SIGINT; return once every request in flight is answered (or the drain
-    timeout ran out). `index`: the RAG index the stage loaded already (one process), or None."""
+    timeout ran out). `loaded`: a list holding the artifact the stage loaded already (one process);
+    serve takes it out, so that once `registry=` replaced that version nothing keeps its model.
+    `index`: the RAG index the stage loaded already (one process), or None."""
     sock = bind(settings.host, settings.port)
     settings.port = sock.getsockname()[1]
     # uvicorn re-raises the signal it stopped on once it is done; a handler that ignores it lets
@@ -56,9 +58,11 @@ def serve(settings: ServeSettings, artifact: Artifact | None = None, *, index=No
         from lightning_llm.serving.service import Service
 
         set_threads(settings)
-        artifact = artifact or load_artifact(settings.ckpt, device=settings.device)
-        service = Service(artifact, settings, index=index)
-        server = uvicorn.Server(uvicorn_config(create_app(hub_of(service)), settings))
+        artifact = loaded.pop() if loaded else load_artifact(settings.ckpt, device=settings.device)
+        app = create_app(hub_of(Service(artifact, settings, index=index)))
+        del artifact  # from here the app alone holds the model (this frame lives until the server stops)
+        server = uvicorn.Server(uvicorn_config(app, settings))
+        del app
         server.run(sockets=[sock])
         if not server.started:
             raise UserError("the server failed to start (the log above says why)")

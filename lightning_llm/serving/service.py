@@ -173,16 +173,20 @@ class Service:
 
     def start(self) -> None:
         """Start the engine and run one short generation through it, so the first client waits
-        for no lazy initialisation."""
+        for no lazy initialisation. If that fails, the engine is stopped before the error goes up."""
         self.engine.start()
-        if self.settings.warmup:
-            prompt = [self.eos_id if self.eos_id is not None else 0] * max(1, min(8, self.context // 2))
-            handle = self.engine.submit(prompt, SamplingParams(max_tokens=min(4, self.context - len(prompt)),
-                                                               temperature=0.0, logprobs=1, prompt_logprobs=True))
-            last = list(handle.events())[-1]
-            if last.finish_reason not in ("stop", "length"):  # a model that cannot generate never says ready
-                self.engine.shutdown(drain_timeout=0)
-                raise RuntimeError(f"the warm-up generation ended with {last.finish_reason!r} (the log says why)")
+        try:
+            if self.settings.warmup:
+                prompt = [self.eos_id if self.eos_id is not None else 0] * max(1, min(8, self.context // 2))
+                params = SamplingParams(max_tokens=min(4, self.context - len(prompt)), temperature=0.0, logprobs=1,
+                                        prompt_logprobs=True)
+                last = list(self.engine.submit(prompt, params).events())[-1]
+                if last.finish_reason not in ("stop", "length"):  # a model that cannot generate never says ready
+                    raise RuntimeError(f"the warm-up generation ended with {last.finish_reason!r} "
+                                       "(the log says why)")
+        except BaseException:
+            self.engine.shutdown(drain_timeout=0)
+            raise
         self.warm = True
 
     @property
@@ -197,10 +201,14 @@ class Service:
 
     def retire(self) -> None:
         """Replaced by another version: the requests already in the engine finish (as long as
-        serve.request_timeout lets any request take), then the engine stops and the model goes."""
+        serve.request_timeout lets any request take), then the engine stops and the model goes: its
+        weights move to the meta device, so even a reference left somewhere holds no memory."""
         self.stop(self.settings.request_timeout)
-        device = self.engine.device
+        device, model = self.engine.device, self.engine.model
         self.engine.model = None
+        if model is not None:
+            model.to("meta")  # parameters and buffers (the laid-out weights) alike
+        del model
         gc.collect()
         if device.type == "cuda":
             import torch

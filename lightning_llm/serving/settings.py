@@ -79,6 +79,8 @@ class ServeSettings:
         if self.request_timeout <= 0 or self.drain_timeout < 0 or not 0 <= self.stream_interval <= 1:
             raise ValueError("request_timeout must be positive, drain_timeout at least 0 and stream_interval "
                              "in 0..1 seconds")
+        if self.registry is not None and self.registry_root is None:
+            raise ValueError(f"registry={self.registry!r} needs registry_root, the output root it is under")
         if not self.registry_poll > 0:
             raise ValueError(f"registry_poll must be a positive number of seconds, got {self.registry_poll}")
         if self.default_max_tokens > self.max_tokens:

@@ -16,6 +16,7 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
+from lightning_llm.artifacts import write_json
 from lightning_llm.config import to_dataclass
 from lightning_llm.data import DataConfig, PreparedData, TokenizerConfig, prepare
 from lightning_llm.data.sources import source_files
@@ -177,6 +178,20 @@ def instruction_domain(cfg: DictConfig, base: Artifact, settings: FinetuneConfig
     return None, datamodule, held_out, record, template
 
 
+def record_exported_val_loss(run_dir: Path, metrics: dict, exported, datamodule, bytes_per_token: float) -> dict:
+    """With forgetting the exported model is the last step's weights, not the best checkpoint's:
+    run.json's metrics (what the registry reads as a version's eval loss) then hold val/loss (and
+    val/ppl, val/bpb) of the exported weights on the validation windows, and no best_val/loss."""
+    loss = mean_loss(exported, datamodule.val_dataloader(), next(exported.parameters()).device)
+    metrics = {k: v for k, v in metrics.items() if k != "best_val/loss"} | {
+        "val/loss": round(loss, 6), "val/ppl": round(math.exp(min(loss, 50.0)), 6),
+        "val/bpb": round(loss / math.log(2) / bytes_per_token, 6)}
+    run = json.loads((run_dir / "run.json").read_text())
+    write_json(run_dir / "run.json", run | {"metrics": metrics})
+    log.info("exported (last step's) weights: val/loss %.4f", loss)
+    return metrics
+
+
 def finetune(cfg: DictConfig, *, train_data=None, forget_key: str = "finetune.forget") -> dict:
     """Load the base, prepare the new data with its tokenizer, score both domains (and the text to
     forget), fit, score again, export and record. Returns the run's metrics. train_data(datamodule)
@@ -290,8 +305,12 @@ def finetune(cfg: DictConfig, *, train_data=None, forget_key: str = "finetune.fo
         exported = merged_copy(wrapped)
     scores = "new and base domain loss" if forget is None else "new, base domain and forget text loss"
     table = report(rows, run_dir, title=f"{settings.method} fine-tune of {base.path.name}: {scores}")
+    if forget is not None:
+        manifest["checkpoint"] = None  # the last step's weights: no checkpoint holds them
     metrics = record(cfg, run, ckpt_path=None, seconds=seconds, exported=exported, manifest_extra=manifest,
                      data_record=data_record, run_extra={"finetune": finetune_record})
+    if forget is not None and trainer.is_global_zero:
+        metrics = record_exported_val_loss(run_dir, metrics, exported, datamodule, bytes_per_token)
     if settings.export == "adapter":  # model/ becomes the adapter alone; load_artifact merges it into the base
         from lightning_llm.finetune.lora import write_adapter
 

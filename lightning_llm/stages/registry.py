@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import json
+import math
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lightning_llm.artifacts import markdown_table
 from lightning_llm.errors import UserError
@@ -13,6 +14,7 @@ from lightning_llm.registry import Registry, list_registries
 from lightning_llm.stages.common import stage
 
 ACTIONS = ("list", "show", "promote", "rollback", "status")
+MAX_METRICS_BYTES = 16 * 1024 * 1024  # a /metrics page larger than this is not one of ours
 
 
 def registry_of(cfg: DictConfig) -> Registry:
@@ -30,7 +32,7 @@ def versions_table(registry: Registry) -> str:
     for version in registry.versions():
         manifest = registry.manifest(version)
         info = manifest.get("registry", {})
-        loss = (info.get("eval") or {}).get("best_val/loss")
+        loss = (registry.eval_loss(version) or (None, None))[1]
         rows.append([version + (" (live)" if version == live else ""), info.get("parent_version") or "-",
                      manifest.get("produced_by", "?"), manifest.get("data_hash") or "-",
                      "-" if loss is None else f"{loss:.4f}", info.get("added", "?")])
@@ -41,6 +43,22 @@ def events_table(registry: Registry) -> str:
     return markdown_table(["when", "event", "version", "was live", "reason"],
                           [[e["at"], e["event"], e["version"], e["from"] or "-", e["reason"] or "-"]
                            for e in registry.state()["events"]])
+
+
+def number(cfg: DictConfig, key: str, kind: type, *, least: float, what: str) -> float | int:
+    """cfg's `key` (a dotted path) as a `kind` of at least `least`, or a one-line error."""
+    value = OmegaConf.select(cfg, key)
+    try:
+        if isinstance(value, bool) or value is None:
+            raise ValueError
+        number = kind(value)
+        if kind is int and number != float(value):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise UserError(f"{key}={value!r}: give {what}") from None
+    if not (number >= least and math.isfinite(number)):
+        raise UserError(f"{key}={value!r}: give {what}")
+    return number
 
 
 def scrape(url: str, timeout: float) -> list:
@@ -57,17 +75,25 @@ def scrape(url: str, timeout: float) -> list:
         raise UserError(f"url={url}: not a URL ({err})") from None
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise UserError(f"url={url}: give the server's address, e.g. url=http://127.0.0.1:8000")
+    metrics = parsed.copy_with(path=parsed.path.rstrip("/") + "/metrics", query=None, fragment=None)
+    body = bytearray()
     try:  # this one address and nothing else: no proxy from the environment, no redirect followed
-        answer = httpx.get(url.rstrip("/") + "/metrics", timeout=timeout, trust_env=False, follow_redirects=False)
+        with httpx.stream("GET", metrics, timeout=timeout, trust_env=False, follow_redirects=False) as answer:
+            if answer.status_code != 200:
+                raise UserError(f"{metrics} answered {answer.status_code}, not metrics: is this an `llm serve` "
+                                "server?")
+            for chunk in answer.iter_bytes():
+                body += chunk
+                if len(body) > MAX_METRICS_BYTES:
+                    raise UserError(f"{metrics} sent more than {MAX_METRICS_BYTES:,} bytes: not an `llm serve` "
+                                    "metrics page")
     except httpx.HTTPError as err:
-        raise UserError(f"cannot reach the server at {url} ({type(err).__name__}: {err or 'no answer'}); is "
+        raise UserError(f"cannot reach the server at {url} ({type(err).__name__}: {str(err) or 'no answer'}); is "
                         "`llm serve` running there?") from None
-    if answer.status_code != 200:
-        raise UserError(f"{url}/metrics answered {answer.status_code}, not metrics: is this an `llm serve` server?")
     try:
-        return list(text_string_to_metric_families(answer.text))
-    except ValueError as err:
-        raise UserError(f"{url}/metrics is not a Prometheus metrics page ({err})") from None
+        return list(text_string_to_metric_families(body.decode("utf-8", errors="replace")))
+    except (ValueError, IndexError, TypeError) as err:
+        raise UserError(f"{metrics} is not a Prometheus metrics page ({type(err).__name__}: {err})") from None
 
 
 def served(families: list, registry: str) -> tuple[dict[str, dict], str | None]:
@@ -92,8 +118,11 @@ def served(families: list, registry: str) -> tuple[dict[str, dict], str | None]:
 
 def status_text(cfg: DictConfig, registry: Registry) -> str:
     """The live version's eval loss beside the loss of the prompts a server scored, and a verdict."""
-    url, threshold, least = str(cfg.url), float(cfg.drift.threshold), int(cfg.drift.min_tokens)
-    by_version, now = served(scrape(url, float(cfg.timeout)), registry.name)
+    url = str(cfg.url)
+    threshold = number(cfg, "drift.threshold", float, least=-math.inf, what="a number of nats")
+    least = number(cfg, "drift.min_tokens", int, least=0, what="a whole number of tokens, at least 0")
+    timeout = number(cfg, "timeout", float, least=1e-3, what="a positive number of seconds")
+    by_version, now = served(scrape(url, timeout), registry.name)
     if now is None and not by_version:
         raise UserError(f"the server at {url} serves no version of registry {registry.name!r} "
                         f"(start it with `llm serve registry={registry.name}`)")
@@ -114,7 +143,7 @@ def status_text(cfg: DictConfig, registry: Registry) -> str:
     if live is None:
         verdict = f"registry {registry.name} has no live version"
     elif known is None:
-        verdict = f"{live} recorded no eval loss (its run's best_val/loss): nothing to compare the served loss with"
+        verdict = f"{live} recorded no eval loss (its run's val loss): nothing to compare the served loss with"
     elif tokens < least:
         verdict = (f"too early to tell: {tokens:,.0f} prompt tokens of {live} scored so far "
                    f"(drift.min_tokens={least})")

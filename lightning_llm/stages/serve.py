@@ -36,10 +36,12 @@ def main(cfg: DictConfig) -> None:
         print(f"registry {settings.registry}: serving its live version {Path(settings.ckpt).name}, and the next one "
               f"promoted (a look every {settings.registry_poll:g} s)", flush=True)
     # One process serves the model and index it loads; replicas each load their own, after this check.
-    artifact = load_artifact(settings.ckpt, device=settings.device)
+    # The artifact travels in a list serve() empties: no frame here keeps a version `registry=` replaces.
+    loaded = [load_artifact(settings.ckpt, device=settings.device)]
     if settings.workers == 1:
-        serve(settings, artifact, index=index)
+        serve(settings, loaded, index=index)
     else:
+        loaded.clear()
         serve(settings)
 
 
@@ -51,9 +53,10 @@ def model_of(cfg: DictConfig) -> dict:
         raise UserError("llm serve needs ckpt=<run dir | .ckpt | model folder> or registry=<name> (one of them)")
     if name is None:
         return {"ckpt": str(ckpt)}
+    from lightning_llm.config import check_name
     from lightning_llm.registry import Registry, list_registries
 
-    registry = Registry(cfg.paths.output_root, str(name))
+    registry = Registry(cfg.paths.output_root, check_name(name, "registry"))
     if not registry.exists():
         known = ", ".join(r.name for r in list_registries(cfg.paths.output_root)) or "none yet"
         raise UserError(f"registry={name}: no registry under {registry.dir.parent} (registries: {known})")

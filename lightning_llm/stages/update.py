@@ -36,6 +36,10 @@ def update(cfg: DictConfig) -> dict:
                      tokenizer_json=(parent / TOKENIZER).read_text(), explicit=list(settings.old_data))
     if settings.remove is not None and cfg.finetune.forget is not None:
         raise UserError("llm update takes the text to remove as update.remove, not finetune.forget: set one")
+    if settings.remove is not None and settings.replay > 0 and not settings.old_data:
+        log.warning("update.remove with update.replay=%s replays the line's own data (%s), which may hold the text "
+                    "being removed: pass update.old_data=[<prepared folder without it>] or update.replay=0",
+                    settings.replay, ", ".join(d.dir.name for d in old))
     with open_dict(cfg):
         cfg.base = str(parent)
         cfg.finetune.base_data = str(old[0].dir)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 
 import torch
 
@@ -31,7 +32,8 @@ TIMED_TOKENS = 2048  # rows per timed step: the batch, cut to about this many to
 
 def tokens_per_s(config: GPTConfig, batch_size: int, device: torch.device, *, rounds: int = 2) -> dict[str, float]:
     """Training tokens/s of the best step of a fresh model of this shape, per precision (the
-    batch cut to about TIMED_TOKENS tokens on a CPU: the matrices keep their width)."""
+    batch cut to about TIMED_TOKENS tokens on a CPU: the matrices keep their width); a small
+    model's short steps are timed over more rounds, since one step of a few ms is noise."""
     if device.type == "cpu":
         batch_size = max(1, min(batch_size, TIMED_TOKENS // config.block_size))
     torch.manual_seed(0)
@@ -47,6 +49,9 @@ def tokens_per_s(config: GPTConfig, batch_size: int, device: torch.device, *, ro
         loss.backward()
         optimizer.step()
 
+    start = time.perf_counter()
+    step(None)  # a first fp32 step: how many rounds fit in about half a second (at least `rounds`, at most 10)
+    rounds = max(rounds, min(10, int(0.5 / max(time.perf_counter() - start, 1e-3))))
     best = interleaved_best({name: (lambda d=dtype: step(d)) for name, dtype in CHOICES.items()},
                             device=device, rounds=rounds)
     return {name: round(batch_size * config.block_size / seconds, 1) for name, seconds in best.items()}

@@ -66,8 +66,8 @@ class Token:
 
 def cache_dtype(weight: torch.Tensor) -> torch.dtype:
     """The KV cache's dtype, in which attention runs: the weights' dtype, except bf16 on a CPU,
-    where attention stays fp32 (torch's CPU attention in bf16 measured 3-6x slower than in fp32
-    at decode shapes, batch 8-32: docs/benchmarks.md "Attention in fp32 on a CPU")."""
+    where attention stays fp32 (torch's CPU attention in bf16 measured 4.5-6x slower than in fp32
+    at decode shapes: docs/benchmarks.md, "Weight layout per matrix, attention in fp32")."""
     return torch.float32 if weight.device.type == "cpu" and weight.dtype == torch.bfloat16 else weight.dtype
 
 

@@ -127,15 +127,12 @@ def check_overrides(stage: str, args: list[str]) -> None:
     Flags (--help, --cfg, -m) and hydra.* overrides are left to Hydra itself."""
     if any(arg.startswith("-") for arg in args):
         return
-    from hydra import compose, initialize_config_dir
-
-    from lightning_llm.config import CONF_DIR, check_name, one_line
+    from lightning_llm.config import check_name, one_line
     from lightning_llm.errors import UserError
 
     overrides = [arg for arg in args if not arg.lstrip("+~").startswith("hydra.")]
     try:
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3", job_name=stage):
-            cfg = compose(config_name=stage, overrides=overrides)
+        cfg = compose_stage(stage, overrides)
         check_name(cfg.experiment_name, "experiment_name")  # it becomes the run dir's folder
         missing = missing_keys(cfg)
         if missing:

@@ -5,7 +5,6 @@ machine shared with other work slows every model alike."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,9 @@ from tokenizers import Tokenizer
 
 from lightning_llm.data.prepared import PreparedData
 from lightning_llm.evaluation.lm import lm_metrics, score_tokens, utf8_bytes
+from lightning_llm.measured import interleaved_best
 from lightning_llm.model import GPT, flops_per_token
+from lightning_llm.model.io import WEIGHTS
 
 
 def parameters(model: GPT) -> int:
@@ -35,15 +36,13 @@ def weight_bytes(model: GPT) -> int:
 
 
 def file_bytes(folder: Path) -> int:
-    return (Path(folder) / "model.safetensors").stat().st_size
+    return (Path(folder) / WEIGHTS).stat().st_size
 
 
 @torch.inference_mode()
-def _generate_seconds(model: GPT, batch_size: int, new_tokens: int, prompt: list[int]) -> float:
+def _generate(model: GPT, batch_size: int, new_tokens: int, prompt: list[int]) -> None:
     idx = torch.tensor([prompt] * batch_size, device=next(model.parameters()).device)
-    started = time.perf_counter()
     model.generate(idx, new_tokens, temperature=0.0)
-    return time.perf_counter() - started
 
 
 def generation_speed(models: dict[str, GPT], *, batch_sizes: tuple[int, ...] = (1, 8), new_tokens: int = 32,
@@ -52,14 +51,15 @@ def generation_speed(models: dict[str, GPT], *, batch_sizes: tuple[int, ...] = (
     one warm-up, then `repeats` interleaved rounds, best of them."""
     prompt = prompt or [0] * 8
     for model in models.values():
-        _generate_seconds(model, 1, 2, prompt)  # first-call costs (allocation, kernels) out of the timing
-    best: dict[str, dict[int, float]] = {name: {b: float("inf") for b in batch_sizes} for name in models}
-    for _ in range(repeats):
-        for batch_size in batch_sizes:
-            for name, model in models.items():
-                best[name][batch_size] = min(best[name][batch_size],
-                                             _generate_seconds(model, batch_size, new_tokens, prompt))
-    return {name: {b: b * new_tokens / s for b, s in times.items()} for name, times in best.items()}
+        _generate(model, 1, 2, prompt)  # first-call costs (allocation, kernels) out of the timing
+    device = next(next(iter(models.values())).parameters()).device
+    speed: dict[str, dict[int, float]] = {name: {} for name in models}
+    for b in batch_sizes:
+        best = interleaved_best({name: (lambda m=model: _generate(m, b, new_tokens, prompt))
+                                 for name, model in models.items()}, device=device, rounds=repeats, warmup=0)
+        for name, seconds in best.items():
+            speed[name][b] = b * new_tokens / seconds
+    return speed
 
 
 def bits_per_byte(model: GPT, tokenizer: Tokenizer, data: PreparedData, split: str, *,

@@ -94,9 +94,9 @@ class EvalNgrams:
         hashes = ngrams.ngram_hashes(units, self.n) if len(units) >= self.n else np.empty(0, dtype=np.uint64)
         found = contains(self.hashes, hashes)
         hits = np.flatnonzero(found)
-        bounds = ngrams.word_bounds(text)
         if not len(hits):
             return text
+        bounds = ngrams.word_bounds(text)
         rows = text.split("\n")
         if bounds is None:
             drop = np.ones(len(rows), dtype=bool)

@@ -23,6 +23,8 @@ from __future__ import annotations
 import numpy as np
 import xxhash
 
+from lightning_llm.data.leakage import contains
+
 _LINE_SALT, _PARAGRAPH_SALT = 1, 2  # a one-line paragraph and that line are different keys
 _PENDING = 1 << 16  # hashes gathered in a Python set before they are merged into the sorted array
 
@@ -77,8 +79,6 @@ class HashSet:
         return len(self.sorted) + len(self.recent)
 
     def contains(self, hashes: np.ndarray) -> np.ndarray:
-        from lightning_llm.data.leakage import contains
-
         found = contains(self.sorted, hashes)
         if self.recent:
             found |= np.fromiter((h in self.recent for h in hashes.tolist()), dtype=bool, count=len(hashes))

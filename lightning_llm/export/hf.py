@@ -37,7 +37,9 @@ from lightning_llm.export.card import copy_data_card, model_card
 from lightning_llm.model.gpt import GPT, GPTConfig
 from lightning_llm.model.io import (
     DEFAULT_TEMPLATE,
+    MANIFEST,
     TORCHAO_WEIGHTS,
+    WEIGHTS,
     first_line,
     load_artifact,
     new_manifest,
@@ -533,7 +535,7 @@ def _import_hf(transformers, *, folder: Path, out: Path, overwrite: bool) -> dic
     if not (folder / "config.json").is_file():
         raise UserError(f"{where} is not a transformers model folder (no config.json): pass the folder that "
                         "save_pretrained wrote")
-    if (folder / "manifest.json").is_file() and (folder / "model.safetensors").is_file():
+    if (folder / MANIFEST).is_file() and (folder / WEIGHTS).is_file():
         raise UserError(f"{where} is a lightning-llm model folder already: pass it as ckpt= to the other stages")
     check_out(out, overwrite=overwrite, earlier=is_import, what="import", source=folder)
     try:

@@ -35,12 +35,12 @@ from torch.utils.data import DataLoader, IterableDataset
 from lightning_llm.data import PreparedData
 from lightning_llm.errors import UserError
 from lightning_llm.finetune.config import FORGET_METHODS as METHODS
+from lightning_llm.finetune.instruction import IGNORE  # GPT's ignore_index: targets that carry no loss
 from lightning_llm.model.io import tokenizer_hash
 from lightning_llm.training.datamodule import RandomWindows
 from lightning_llm.training.module import LanguageModel
 
 UNLIKELIHOOD_CAP = -math.log(1e-6)  # unlikelihood: a token's value is at most 13.8 nats (its gradient is kept)
-IGNORE = -1  # GPT's ignore_index: targets that carry no loss
 
 
 def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

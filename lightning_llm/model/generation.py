@@ -15,6 +15,7 @@ newest token has no position left continues from its last block_size // 2 tokens
 
 from __future__ import annotations
 
+import copy
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -277,7 +278,7 @@ def acquire_cache(model: GPT, capacity: int, device, dtype) -> KVCache:
     with _pool_lock:
         free = _pool.get(model, [])
         for i, cache in enumerate(free):
-            if (len(cache.lengths) >= capacity and cache.keys[0].dtype == dtype
+            if (len(cache.lengths) >= capacity and cache.dtype == dtype
                     and cache.keys[0].device == torch.device(device) and cache.block_size == model.config.block_size):
                 del free[i]
                 view = cache.rows(0, capacity)
@@ -332,8 +333,6 @@ def choose_dtype(model: GPT, *, batch: int = 1, tokens: int = 16, use_cache: boo
 
 
 def copy_for_inference(model: GPT, dtype: torch.dtype) -> GPT:
-    import copy
-
     return prepare_for_inference(copy.deepcopy(model), dtype)
 
 

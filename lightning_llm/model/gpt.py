@@ -156,7 +156,7 @@ class KVCache:
         self.where = (torch.arange(len(starts), device=device)[:, None], positions)
         visible = torch.arange(self.end, device=device) <= positions[..., None]  # (B, T, end): its own past only
         # additive, in the cache's dtype, made once here rather than by attention in every layer
-        self.mask = torch.zeros(visible.shape, dtype=self.keys[0].dtype, device=device).masked_fill_(
+        self.mask = torch.zeros(visible.shape, dtype=self.dtype, device=device).masked_fill_(
             ~visible, float("-inf")).unsqueeze(1)  # (B, 1, T, end)
         self.causal = False
         return positions

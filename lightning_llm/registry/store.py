@@ -20,6 +20,8 @@ import json
 import re
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from lightning_llm.artifacts import Busy, exclusive, staged_folder, write_json
@@ -142,12 +144,24 @@ class Registry:
             write_json(self.dir / STATE, state)
         return previous
 
-    def _lock(self):
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            return _Locked(self.dir)
-        except OSError as err:
-            raise UserError(f"registry {self.name!r}: cannot write {self.dir} ({err.strerror})") from None
+    @contextmanager
+    def _lock(self, *, wait: float = 0.0) -> Iterator[None]:
+        """Hold the registry's lock (artifacts.exclusive) for the block; another writer's lock is
+        waited for up to `wait` seconds, then refused as one UserError (nothing changed)."""
+        deadline = time.monotonic() + wait
+        with ExitStack() as stack:
+            while True:
+                try:
+                    stack.enter_context(exclusive(self.dir))
+                    break
+                except Busy as err:
+                    if time.monotonic() >= deadline:
+                        raise UserError(f"registry {self.name!r}: {err}; try again when it is done (nothing "
+                                        "changed)") from None
+                    time.sleep(0.5)
+                except OSError as err:
+                    raise UserError(f"registry {self.name!r}: cannot write {self.dir} ({err.strerror})") from None
+            yield
 
     def _check_expected(self, state: dict, expect_live: str | None) -> None:
         if expect_live is not None and state["live"] != expect_live:
@@ -175,21 +189,3 @@ class Registry:
             write_json(staging / MANIFEST, manifest)
         return version
 
-
-class _Locked:
-    """artifacts.exclusive as a context manager whose refusal is one UserError."""
-
-    def __init__(self, folder: Path):
-        self.folder, self.context = folder, None
-
-    def __enter__(self):
-        self.context = exclusive(self.folder)
-        try:
-            self.context.__enter__()
-        except Busy as err:
-            raise UserError(f"registry {self.folder.name!r}: {err}; try again when it is done (nothing changed)") \
-                from None
-        return self
-
-    def __exit__(self, *exc):
-        return self.context.__exit__(*exc)

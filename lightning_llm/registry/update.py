@@ -23,7 +23,6 @@ live)."""
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,17 +189,8 @@ def register(registry: Registry, *, model: Path, parent: str, verdict: Verdict, 
     and `parent` is still live, all under the registry's lock. The version's manifest gets
     `update` (record, the verdict, whether it was promoted and why). Returns (version, promoted,
     why)."""
-    deadline = time.monotonic() + lock_wait
-    while True:  # another promotion or update holds the lock for a moment: wait for it, not fail
-        try:
-            lock = registry._lock()
-            lock.__enter__()
-            break
-        except UserError:
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(0.5)
-    try:
+    # another promotion or update holds the lock for a moment: wait for it, not fail
+    with registry._lock(wait=lock_wait):
         state = registry.state()
         promoted, why = verdict.passed, verdict.reason
         if promoted and state["live"] != parent:
@@ -217,8 +207,6 @@ def register(registry: Registry, *, model: Path, parent: str, verdict: Verdict, 
         if promoted:
             state["live"] = version
         write_json(registry.dir / STATE, state)
-    finally:
-        lock.__exit__(None, None, None)
     return version, promoted, why
 
 

@@ -394,10 +394,10 @@ class Service:
         """The passages for a request with `rag` (or whose template asks for them, where there is an
         index), best first; None: nothing asked for retrieval."""
         s = self.settings
+        query = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")  # the last user turn
         if request.rag is None:
             if not template.rag_top_k or self.index is None:
                 return None
-            query = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
             return self.index.search(query, min(template.rag_top_k, s.rag_max_top_k)) if query.strip() else []
         if self.index is None:
             raise APIError(400, "rag: this server has no index (start it with rag.index=<name>, built by `llm index`)",
@@ -406,7 +406,6 @@ class Service:
         if top_k > s.rag_max_top_k:
             raise APIError(400, f"rag.top_k={top_k} is more than this server allows ({s.rag_max_top_k})",
                            param="rag.top_k", code="invalid_value")
-        query = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
         if not query.strip():
             raise APIError(400, "rag needs a user message to search for", param="rag", code="invalid_value")
         return self.index.search(query, top_k)

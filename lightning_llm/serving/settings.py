@@ -49,8 +49,8 @@ class ServeSettings:
     cache_size: int = 1024            # deterministic responses kept (LRU); 0 turns the cache off
     chat_template: str | None = None  # a Jinja chat template (served as "custom"); null: the template below
     template: str | None = None       # `template=<name>` (conf/template/): the default for requests; null: the model's
-    rag_index: str | None = None      # `rag.index=<name>`: the index requests with `rag` retrieve from; null: none
-    rag_dir: str | None = None        # where that index is (<output_root>/index/<name>), set by the stage
+    rag_dir: str | None = None        # `rag.index=<name>`: the index requests with `rag` retrieve from (its folder,
+                                      # <output_root>/index/<name>, set by the stage); null: none
     rag_top_k: int = 3                # passages a request with `rag: {}` gets
     rag_max_top_k: int = 10           # the most passages a request may ask for
     registry: str | None = None       # `registry=<name>`: serve its live version and follow it (ckpt is that version)

@@ -15,6 +15,7 @@ import lightning.pytorch as pl
 import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
+from torch.utils.data import DataLoader
 
 from lightning_llm.artifacts import write_json
 from lightning_llm.config import to_dataclass
@@ -92,15 +93,9 @@ def warn_unknown(unknown: int, tokens: int, settings: FinetuneConfig, chars: lis
     return {"unknown_rate": round(rate, 6), "tokens": tokens, "unknown_chars": chars or []}
 
 
-def window_batches(data: PreparedData, split: str, block_size: int, windows: int, batch_size: int):
-    dataset = FixedWindows(data.tokens(split), block_size, windows)
-    return [tuple(zip(*[dataset[i] for i in range(s, min(s + batch_size, len(dataset)))]))
-            for s in range(0, len(dataset), batch_size)]
-
-
-def stacked(batches):
-    import torch
-    return [(torch.stack(x), torch.stack(y)) for x, y in batches]
+def window_batches(data: PreparedData, split: str, block_size: int, windows: int, batch_size: int) -> list:
+    """The (x, y) batches of `windows` evenly spaced windows of a split, kept for scoring before and after."""
+    return list(DataLoader(FixedWindows(data.tokens(split), block_size, windows), batch_size=batch_size))
 
 
 def text_domain(cfg: DictConfig, base: Artifact, settings: FinetuneConfig, block_size: int, base_bpt: float | None):
@@ -118,7 +113,7 @@ def text_domain(cfg: DictConfig, base: Artifact, settings: FinetuneConfig, block
                           bytes_per_token=bpt)
     datamodule = TokenDataModule(data, block_size=block_size, batch_size=cfg.batch_size, seed=cfg.seed,
                                  val_windows=cfg.val_windows)
-    held_out = stacked(window_batches(data, "val", block_size, settings.eval_windows, cfg.batch_size))
+    held_out = window_batches(data, "val", block_size, settings.eval_windows, cfg.batch_size)
     record = {"dir": str(data.dir), "hash": data.dir.name, "format": "text", **meta, "tokenizer_health": health}
     return data, datamodule, held_out, record, meta["splits"]["val"]["bytes_per_token"]
 
@@ -224,7 +219,7 @@ def finetune(cfg: DictConfig, *, train_data=None, forget_key: str = "finetune.fo
         bytes_per_token = old_bpt or 1.0
     if train_data is not None:
         datamodule = train_data(datamodule)
-    old_batches = stacked(window_batches(old, "val", model_config.block_size, settings.eval_windows, cfg.batch_size)) \
+    old_batches = window_batches(old, "val", model_config.block_size, settings.eval_windows, cfg.batch_size) \
         if old else []
 
     module_args = dict(optimizer=instantiate(cfg.optim.optimizer), scheduler=instantiate(cfg.optim.scheduler),
@@ -243,8 +238,8 @@ def finetune(cfg: DictConfig, *, train_data=None, forget_key: str = "finetune.fo
     if old:
         scored.append((DomainLoss("base", f"{old.dir.name} val", mean_loss(module.model, old_batches)), old_batches))
     if forget is not None:
-        forget_batches = stacked(window_batches(forget, "val", model_config.block_size, settings.eval_windows,
-                                                cfg.batch_size))
+        forget_batches = window_batches(forget, "val", model_config.block_size, settings.eval_windows,
+                                        cfg.batch_size)
         scored.append((DomainLoss("forget", f"{forget.dir.name} val", mean_loss(module.model, forget_batches)),
                        forget_batches))
     rows = [row for row, _ in scored]

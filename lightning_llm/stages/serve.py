@@ -77,6 +77,6 @@ def template_and_index(cfg: DictConfig) -> dict:
     rag = cfg.get("rag") or {}
     index = rag.get("index")
     name = template_from_node(cfg.template).name if cfg.get("template") is not None else None
-    return {"template": name, "rag_index": None if index is None else check_name(index, "rag.index"),
-            "rag_dir": None if index is None else str(index_dir(cfg.paths.output_root, str(index)).resolve()),
-            "rag_top_k": rag.get("top_k", 3), "rag_max_top_k": rag.get("max_top_k", 10)}
+    folder = None if index is None else index_dir(cfg.paths.output_root, check_name(index, "rag.index")).resolve()
+    return {"template": name, "rag_dir": None if folder is None else str(folder),
+            **{f"rag_{key}": rag[key] for key in ("top_k", "max_top_k") if key in rag}}

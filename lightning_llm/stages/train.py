@@ -249,9 +249,9 @@ def record(cfg: DictConfig, run: Run, *, ckpt_path: Path | None, seconds: float,
     best = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
     if best and checkpoint.best_model_score is not None:
         metrics["best_val/loss"] = round(float(checkpoint.best_model_score), 6)
-    if exported is None and best and checkpoint.best_model_score is not None:
-        exported = load_artifact(best).model
-    elif exported is None:
+        if exported is None:
+            exported = load_artifact(best).model
+    if exported is None:
         exported = GPT(run.model_config)
         exported.load_state_dict(weights)
     if data_record is None:

@@ -4,10 +4,10 @@
 
 For every distinct linear-layer shape of the presets (6 x 384 nanoGPT, gpt2-124m with its
 50,304-token head), the product of `batch` rows with the weight in each candidate layout:
-nn.Linear's own, (in, out) contiguous, and one slice of output features per thread computed as
-one `bmm`, each slice stored (out, in) or (in, out). Each timing cycles through enough distinct
+nn.Linear's own, (in, out) contiguous, one slice of output features per thread computed as
+one `bmm`, each slice stored (out, in) or (in, out), and oneDNN's packed weight (PackedLinear). Each timing cycles through enough distinct
 copies (64 MiB at least) that the weights stream from memory rather than cache; the candidates
-run in turns, best of 5. The table marks the rule's choice and the fastest.
+run in turns, best of 5. The table marks what lay_out runs (the rule) against nn.Linear's layout and the fastest.
 """
 
 from __future__ import annotations
@@ -19,11 +19,20 @@ import os
 import torch
 
 from lightning_llm.measured import interleaved_best, machine
-from lightning_llm.model.layout import LAYOUTS, LaidOutLinear, choose_layout
+from lightning_llm.model.layout import LAYOUTS, LaidOutLinear, PackedLinear, can_pack, choose_layout
 
 SHAPES = [(1152, 384), (384, 384), (1536, 384), (384, 1536), (2304, 768), (768, 768), (3072, 768), (768, 3072),
           (50304, 768)]
 TIMED_BYTES = 64 * 2**20
+PACKED = (0, "oneDNN packed")
+
+
+def rule(out_features: int, in_features: int, *, dtype, batch: int, threads: int) -> tuple[int, str]:
+    """What lay_out runs for this product: oneDNN's packed weight for bf16 and for several fp32 rows,
+    MKL's laid-out weight (choose_layout) for one fp32 row."""
+    if can_pack(dtype) and (dtype == torch.bfloat16 or batch > 1):
+        return PACKED
+    return choose_layout(out_features, in_features, threads=threads)
 
 
 def time_shape(out_features: int, in_features: int, *, dtype, batch: int, threads: int) -> dict:
@@ -33,6 +42,8 @@ def time_shape(out_features: int, in_features: int, *, dtype, batch: int, thread
     layers = {(g, layout): [LaidOutLinear(torch.randn(out_features, in_features).to(dtype), None, groups=g,
                                           layout=layout) for _ in range(copies)]
               for g in groups for layout in LAYOUTS}
+    if can_pack(dtype):
+        layers[PACKED] = [PackedLinear(torch.randn(out_features, in_features).to(dtype), None) for _ in range(copies)]
 
     def run(modules):
         for module in modules:
@@ -51,8 +62,8 @@ def main():
     args = parser.parse_args()
     print(f"{machine('cpu')}; load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}\n")
     print("| dtype | threads | batch | weight (out, in) | nn.Linear us | (in, out) us | slices x (out, in) us | "
-          "slices x (in, out) us | rule | rule vs nn.Linear | rule vs fastest |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |", flush=True)
+          "slices x (in, out) us | oneDNN packed us | rule | rule vs nn.Linear | rule vs fastest |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |", flush=True)
     for dtype_name in args.dtypes:
         dtype = getattr(torch, dtype_name)
         for threads in sorted(set(args.threads)):
@@ -61,14 +72,15 @@ def main():
                 for out_features, in_features in SHAPES:
                     us = {k: v * 1e6 for k, v in time_shape(out_features, in_features, dtype=dtype, batch=batch,
                                                              threads=threads).items()}
-                    rule = choose_layout(out_features, in_features, threads=threads)
+                    chosen = rule(out_features, in_features, dtype=dtype, batch=batch, threads=threads)
                     cells = [f"{us[key]:.0f}" if key in us else "-"
-                             for key in [(1, "rows"), (1, "columns"), (threads, "rows"), (threads, "columns")]]
+                             for key in [(1, "rows"), (1, "columns"), (threads, "rows"), (threads, "columns"), PACKED]]
                     if threads == 1:
-                        cells[2:] = ["-", "-"]
+                        cells[2:4] = ["-", "-"]
+                    name = chosen[1] if chosen == PACKED else f"{chosen[0]} x {chosen[1]}"
                     print(f"| {dtype_name} | {threads} | {batch} | ({out_features}, {in_features}) | "
-                          + " | ".join(cells) + f" | {rule[0]} x {rule[1]} | {us[(1, 'rows')] / us[rule]:.2f}x | "
-                          f"{min(us.values()) / us[rule]:.2f} |", flush=True)
+                          + " | ".join(cells) + f" | {name} | {us[(1, 'rows')] / us[chosen]:.2f}x | "
+                          f"{min(us.values()) / us[chosen]:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

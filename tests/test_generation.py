@@ -322,3 +322,6 @@ def test_dtype_auto_measures_once_per_machine_and_shape(monkeypatch, tmp_path):
     generation.inference_dtype(model, "auto", batch=4)  # another batch: measured again
     assert len(calls) == 2
     assert next(model.parameters()).dtype == torch.float32  # measuring never touches the model itself
+    monkeypatch.setattr(measured, "interleaved_best", lambda fns, **kwargs: {"float32": 1.05, "bfloat16": 1.0})
+    dtype, why = generation.inference_dtype(model, "auto", batch=8)  # bf16 5% faster: a tie, fp32 stays
+    assert dtype == torch.float32 and "auto: float32" in why

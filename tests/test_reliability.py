@@ -210,10 +210,13 @@ def test_a_prompt_longer_than_the_context_is_said_in_one_line(experiment):
     outputs, first = experiment
     block_size = json.loads((first / "model" / "config.json").read_text())["block_size"]
     result = llm(["generate", f"ckpt={first}", "prompt=" + "a" * (block_size + 40), "max_new_tokens=3"], outputs)
-    notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note:") and "dtype" not in line]
     assert len(notes) == 1 and f"more than the model's context (block_size {block_size})" in notes[0], result.stderr
     short = llm(["generate", f"ckpt={first}", "prompt=a", "max_new_tokens=3"], outputs)
-    assert "note:" not in short.stderr
+    assert "context" not in short.stderr
+    # the one other note says which weights' dtype the default (auto) chose, and why
+    assert [line for line in short.stderr.splitlines() if line.startswith("note:")] == \
+        [line for line in result.stderr.splitlines() if line.startswith("note: dtype auto: ")]
 
 
 def test_a_model_folder_and_its_files_follow_the_umask(tmp_path):

@@ -113,7 +113,8 @@ def servers(folders):
     root, tiny, slow = folders
     started = {
         "api": launch(tiny, root / "api.log", f"serve.api_keys=[{KEY}]", "serve.max_n=4", "serve.max_tokens=48",
-                      "serve.max_body_bytes=20000", "serve.model_name=tiny", env={"LLM_API_KEYS": ENV_KEY}),
+                      "serve.max_body_bytes=20000", "serve.model_name=tiny",
+                      "serve.dtype=float32", env={"LLM_API_KEYS": ENV_KEY}),  # logprobs checked against fp32
         "slow": launch(slow, root / "slow.log", "serve.cache_size=0", "serve.max_tokens=500",
                        "serve.model_name=slow"),
         "drain": launch(slow, root / "drain.log", "serve.max_batch_size=1", "serve.max_queue=1",
@@ -352,6 +353,10 @@ def test_deterministic_requests_are_answered_from_the_cache(api):
 
 def test_metrics_parse_with_prometheus_client(api):
     api.client().completions.create(model="tiny", prompt="A", max_tokens=4, stream=True).close()
+    body = {"model": "tiny", "prompt": "A", "max_tokens": 1}  # and one refused request of each kind, here
+    assert httpx.post(api.v1 + "/completions", json=body).status_code == 401  # no key
+    bad = httpx.post(api.v1 + "/completions", json={**body, "max_tokens": -1}, headers={"Authorization": f"Bearer {KEY}"})
+    assert bad.status_code == 400, bad.text
     metrics = api.metrics()
     ok = 'llm_requests_total{"endpoint": "/v1/completions", "status": "200"}'
     assert metrics[ok] >= 1

@@ -189,7 +189,10 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, rope=None, cache: KVCache | None = None, layer: int = 0):
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split([self.q_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=2)
+        qkv = self.qkv(x)
+        if cache is not None and cache.dtype != qkv.dtype:  # attention runs in the cache's dtype (fp32 for bf16 on a CPU)
+            qkv = qkv.to(cache.dtype)
+        q, k, v = qkv.split([self.q_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=2)
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
         k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
@@ -197,8 +200,6 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         mask, causal = None, True  # training: the sequence attends causally to itself
         if cache is not None:  # the cache appends the new keys and says what each query may see
-            if cache.dtype != q.dtype:  # attention runs in the cache's dtype (fp32 for bf16 weights on a CPU)
-                q, k, v = q.to(cache.dtype), k.to(cache.dtype), v.to(cache.dtype)
             k, v = cache.update(layer, k, v)
             mask, causal = cache.mask, cache.causal
         y = F.scaled_dot_product_attention(
@@ -217,15 +218,16 @@ class MLP(nn.Module):
         self.up = nn.Linear(config.n_embd, width, bias=config.bias)
         self.down = nn.Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
         self.down.residual_out = True
+        self.act = nn.SiLU() if self.gated else nn.GELU(approximate="tanh")
         self.dropout = config.dropout
 
     def forward(self, x):
         h = self.up(x)
         if self.gated:
             gate, value = h.chunk(2, dim=-1)
-            h = F.silu(gate) * value
+            h = self.act(gate) * value
         else:
-            h = F.gelu(h, approximate="tanh")
+            h = self.act(h)  # inference may fold it into `up` (model/layout.py): then an identity
         return F.dropout(self.down(h), self.dropout, self.training)
 
 

@@ -1,20 +1,34 @@
-"""fp32 weights laid out for decoding on a CPU: how a matrix-vector product streams them fastest.
+"""Linear layers stored for decoding on a CPU: in the layout each kernel streams fastest.
 
 Decoding one token multiplies a few rows by every weight matrix, so its speed is how fast each
-matrix streams from memory, and that depends on the layout. Measured on a 2-core Zen 4
-(`bench/layout.py`, docs/benchmarks.md "Weight layout"): MKL's fp32 product of one row runs on
-one thread and streams a matrix about twice as fast when its longer side is contiguous, and
-splitting the output features into one slice per thread, computed as one batched product
-(`bmm`, which runs the slices in parallel), adds up to 1.4x more. So at load each fp32 linear
-layer's weight is stored as `groups` slices of its output features, each with its longer side
-contiguous, and a `LaidOutLinear` computes exactly what the `nn.Linear` it replaces computed.
-The checkpoint on disk is untouched; a laid-out model is for inference only.
+matrix streams from memory, and that depends on the kernel and on how the weight is stored.
+Measured on a 2-core Zen 4 (`bench/layout.py`, docs/benchmarks.md "Weight layout" and
+"oneDNN's packed weights"):
+
+- One row in fp32: MKL's product runs on one thread and streams a matrix about twice as fast
+  when its longer side is contiguous, and splitting the output features into one slice per
+  thread, computed as one batched product (`bmm`, which runs the slices in parallel), adds up
+  to 1.4x more: `LaidOutLinear`.
+- Several rows in fp32, and any rows in bf16: oneDNN's inner product with the weight reordered
+  once into oneDNN's own blocked format (what torch.compile's CPU "freezing" does to a frozen
+  linear layer) is 1.5-2.3x faster than the laid-out MKL product at 8 and 32 rows, and in bf16
+  it streams half the bytes at every batch: `PackedLinear`.
+
+So at load each fp32 linear layer becomes a PackedLinear that hands single rows to a
+LaidOutLinear (the weight is then held twice), and each bf16 one a PackedLinear alone; the
+GELU after an MLP's up-projection becomes oneDNN's post-op of that product (one pass over its
+output instead of two). They compute what the `nn.Linear` they replace computed (to rounding). The checkpoint on disk is
+untouched; a laid-out model is for inference only.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
+
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 LAYOUTS = ("rows", "columns")  # a slice stored (out, in) as nn.Linear does, or (in, out)
 MIN_SPLIT = 128 * 1024  # weights below this many elements (512 KiB in fp32) stay one slice
@@ -52,29 +66,93 @@ class LaidOutLinear(nn.Module):
                f"layout={self.layout}, bias={self.bias is not None}"
 
 
+class PackedLinear(nn.Module):
+    """y = x W^T + b through oneDNN, W reordered once into oneDNN's blocked format; single rows
+    go to `single` (a LaidOutLinear of the same weight) when one is given."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, *, single: nn.Module | None = None,
+                 gelu: bool = False):
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        # an opaque oneDNN tensor: a plain attribute, so it is neither state nor moved by .to()
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach())
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        self.single = single
+        self.gelu = gelu  # followed by GELU (tanh), computed by oneDNN as the product's post-op
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.single is not None and x.numel() == self.in_features:
+            y = self.single(x)
+            return F.gelu(y, approximate="tanh") if self.gelu else y
+        post_op, algorithm = ("gelu", "tanh") if self.gelu else ("none", "")
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, post_op, [], algorithm)
+
+    def __deepcopy__(self, memo):  # an opaque tensor has no storage to copy: pack the weight again
+        return PackedLinear(self.packed.to_dense(), self.bias, single=copy.deepcopy(self.single, memo),
+                            gelu=self.gelu)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, " \
+               f"dtype={str(self.packed.dtype).removeprefix('torch.')}, bias={self.bias is not None}, gelu={self.gelu}"
+
+
 def choose_layout(out_features: int, in_features: int, *, threads: int) -> tuple[int, str]:
-    """(groups, layout) for an fp32 weight: one slice of output features per thread, each stored
-    with its longer side contiguous (a matrix small enough to sit in cache is not split: there
-    the threads' hand-off costs more than it saves). The rule the timings in bench/layout.py gave at every
-    decode shape of the presets (batch 1 and 8, one and two threads); see the module docstring."""
+    """(groups, layout) of a LaidOutLinear for an fp32 weight: one slice of output features per
+    thread, each stored with its longer side contiguous (a matrix small enough to sit in cache is
+    not split: there the threads' hand-off costs more than it saves). The rule the timings in
+    bench/layout.py gave at every decode shape of the presets (batch 1 and 8, one and two threads)."""
     split = threads > 1 and out_features % threads == 0 and out_features * in_features >= MIN_SPLIT
     groups = threads if split else 1
     return groups, "columns" if out_features // groups >= in_features else "rows"
 
 
-def lay_out(model: nn.Module) -> dict[str, tuple[int, str]]:
-    """Replace every fp32 nn.Linear of a CPU model by a LaidOutLinear (choose_layout; the same
-    outputs; a tied LM head gets its own copy when its layout differs from the table's).
-    Returns {module name: (groups, layout)}. bf16 weights and other devices are left as they
-    are: oneDNN's bf16 product already runs on every thread, and splitting measured no faster."""
+@functools.cache
+def can_pack(dtype: torch.dtype) -> bool:
+    """Whether this torch's oneDNN packs and multiplies `dtype` weights here, and gets nn.Linear's
+    numbers: checked once per process on a small layer (a build without oneDNN, or a private op
+    that changed, then keeps the MKL layout rather than failing)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        generator = torch.Generator().manual_seed(0)
+        weight, bias = (torch.randn(shape, generator=generator).to(dtype) for shape in ((48, 32), (48,)))
+        x = torch.randn(3, 32, generator=generator).to(dtype)
+        got = PackedLinear(weight, bias)(x)
+    except RuntimeError:
+        return False
+    return got.shape == (3, 48) and torch.allclose(got.float(), F.linear(x, weight, bias).float(),
+                                                   rtol=2e-2, atol=2e-2)
+
+
+def lay_out(model: nn.Module) -> dict[str, str]:
+    """Replace every fp32 or bf16 nn.Linear of a CPU model by the fastest layout for decoding
+    (module docstring): fp32, a PackedLinear with a LaidOutLinear for single rows (choose_layout);
+    bf16, a PackedLinear; an MLP's GELU becomes its up-projection's post-op. A tied LM head gets
+    its own copy. Where oneDNN cannot pack, fp32 layers become LaidOutLinears and bf16 ones stay.
+    Quantized weights (tensor subclasses) and other devices are left as they are. Returns
+    {module name: what it became}."""
     chosen = {}
+    threads = torch.get_num_threads()
     for name, module in list(model.named_modules()):
         if not isinstance(module, nn.Linear) or type(module.weight.data) is not torch.Tensor \
-                or module.weight.device.type != "cpu" or module.weight.dtype != torch.float32:
-            continue  # quantized (a tensor subclass), bf16, or not on the CPU: left as it is
-        groups, layout = choose_layout(module.out_features, module.in_features, threads=torch.get_num_threads())
+                or module.weight.device.type != "cpu" or module.weight.dtype not in (torch.float32, torch.bfloat16):
+            continue  # quantized (a tensor subclass), another dtype, or not on the CPU: left as it is
+        dtype, single = module.weight.dtype, None
+        if dtype == torch.float32:
+            groups, layout = choose_layout(module.out_features, module.in_features, threads=threads)
+            single = LaidOutLinear(module.weight, module.bias, groups=groups, layout=layout)
+            replacement, chosen[name] = single, f"{groups} x {layout}"
+        if can_pack(dtype):
+            replacement = PackedLinear(module.weight, module.bias, single=single)
+            chosen[name] = "packed" + (f", single rows {chosen[name]}" if single is not None else "")
+        elif single is None:
+            continue
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, attr, LaidOutLinear(module.weight, module.bias, groups=groups, layout=layout))
-        chosen[name] = (groups, layout)
+        act = getattr(parent, "act", None)
+        if attr == "up" and isinstance(replacement, PackedLinear) and isinstance(act, nn.GELU) \
+                and act.approximate == "tanh":  # an MLP's up-projection: its GELU becomes the product's post-op
+            replacement.gelu, parent.act = True, nn.Identity()
+            chosen[name] += ", GELU fused"
+        setattr(parent, attr, replacement)
     return chosen

@@ -29,7 +29,7 @@ class ServeSettings:
     api_keys: list[str] = field(default_factory=list, repr=False)  # Bearer keys; empty and no env var: no auth
     api_keys_env: str | None = "LLM_API_KEYS"  # an environment variable holding more keys, comma-separated
     max_batch_size: int = 8           # sequences decoded together in one step
-    dtype: str = "float32"            # weights in float32 | bfloat16 (native bf16 only) | auto (the faster, measured)
+    dtype: str = "auto"               # weights: auto (the faster, measured) | float32 | bfloat16 (native bf16 only)
     max_queue: int = 64               # sequences waiting for a batch slot; a full queue answers 429
     batching: bool = True             # false: one sequence at a time (for comparison)
     slide: bool = False               # true: generation goes on past the context window (the last half is kept)

@@ -32,6 +32,8 @@ def rule(out_features: int, in_features: int, *, dtype, batch: int, threads: int
     MKL's laid-out weight (choose_layout) for one fp32 row."""
     if can_pack(dtype) and (dtype == torch.bfloat16 or batch > 1):
         return PACKED
+    if dtype == torch.bfloat16:
+        return 1, "rows"  # left as nn.Linear
     return choose_layout(out_features, in_features, threads=threads)
 
 

@@ -164,3 +164,29 @@ def test_quantized_weights_and_bf16_without_onednn_are_left_as_they_are(monkeypa
     assert "blocks.0.mlp.up" not in chosen and "blocks.0.attn.qkv" in chosen
     assert isinstance(quantized.blocks[0].mlp.up, nn.Linear)
     assert isinstance(quantized.blocks[0].mlp.act, nn.GELU)  # its GELU stays: nothing to fold it into
+
+
+@needs_onednn
+def test_a_prepared_model_casts_by_packing_again_frees_on_meta_and_refuses_other_devices():
+    base = model()
+    prepared = prepare_for_inference(copy.deepcopy(base), torch.float32)
+    idx = torch.randint(0, 50, (2, 9))
+    with torch.inference_mode():
+        expected = prepare_for_inference(copy.deepcopy(base), torch.bfloat16)(idx, every_position=True)[0]
+        prepared.to(torch.bfloat16)  # cast after packing: each layer packs its weight again, in bf16
+        assert {m.packed.dtype for m in prepared.modules() if isinstance(m, PackedLinear)} == {torch.bfloat16}
+        torch.testing.assert_close(prepared(idx, every_position=True)[0], expected)
+    with pytest.raises(ValueError, match="prepare a freshly loaded model"):
+        prepared.to(torch.float16)
+    prepared.to("meta")  # what a retired serving version does: nothing of it stays in memory
+    assert all(m.packed.device.type == "meta" for m in prepared.modules() if isinstance(m, PackedLinear))
+    assert all(t.device.type == "meta" for t in [*prepared.parameters(), *prepared.buffers()])
+
+
+@needs_onednn
+def test_a_deep_copy_keeps_shared_layers_shared_and_the_mode():
+    linear = nn.Linear(8, 12)
+    packed = PackedLinear(linear.weight, linear.bias).eval()
+    pair = nn.ModuleList([packed, packed])
+    twin = copy.deepcopy(pair)
+    assert twin[0] is twin[1] and twin[0] is not packed and not twin[0].training

@@ -547,5 +547,8 @@ def test_two_workers_share_one_port_and_one_metrics_view(folders, tmp_path):
                                                                       seed=i).choices[0].text, range(16)))
         assert len(texts) == 16
         assert server.metrics()['llm_requests_total{"endpoint": "/v1/completions", "status": "200"}'] == 16
+        # serve.dtype=auto was measured once, before the workers started, and both run what it chose
+        chosen = re.search(r"note: every worker: dtype auto: (float32|bfloat16)", server.log.read_text()).group(1)
+        assert server.log.read_text().count(f"model weights: dtype {chosen}") == 2
     finally:
         assert stop(server) == 0

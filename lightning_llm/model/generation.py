@@ -317,7 +317,9 @@ def choose_dtype(model: GPT, *, batch: int = 1, tokens: int = 16, use_cache: boo
     if not native_bf16(device):
         return torch.float32, {"reason": f"bf16 is not native on {machine(device)}"}
     kernels = "oneDNN packed" if device.type == "cpu" and can_pack(torch.bfloat16) else "default"  # what was timed
-    key = f"{machine(device)}, batch {batch}, kernels {kernels}, {sorted(model.config.to_dict().items())}"
+    weights = sorted({type(p.data).__name__ for p in model.parameters()})  # a quantized model is timed apart
+    key = f"{machine(device)}, batch {batch}, kernels {kernels}, weights {weights}, " \
+          f"{sorted(model.config.to_dict().items())}"
     if use_cache and (found := lookup("decode_dtype", key)):
         return DTYPES[found["choice"]], found
     prompt = [[1] * 4] * batch
@@ -347,7 +349,8 @@ def prepare_for_inference(model: GPT, dtype: torch.dtype) -> GPT:
     RoPE's angle tables stay fp32, since positions need the precision), and on a CPU store each
     linear layer's weight in the layout a decode step streams fastest (model/layout.py: oneDNN's
     packed format, and MKL's laid-out one for single fp32 rows; the same outputs to rounding,
-    1.3-3.4x faster products than nn.Linear's)."""
+    1.1-3.4x faster products than nn.Linear's). A prepared model is for inference only: cast
+    again it packs again; moved off the CPU it is refused (model/layout.py)."""
     from lightning_llm.model.layout import lay_out
 
     model.to(dtype)

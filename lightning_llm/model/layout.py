@@ -81,15 +81,32 @@ class PackedLinear(nn.Module):
         self.gelu = gelu  # followed by GELU (tanh), computed by oneDNN as the product's post-op
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.single is not None and x.numel() == self.in_features:
+        if self.single is not None and x.numel() == self.in_features:  # one row
             y = self.single(x)
             return F.gelu(y, approximate="tanh") if self.gelu else y
         post_op, algorithm = ("gelu", "tanh") if self.gelu else ("none", "")
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, post_op, [], algorithm)
 
     def __deepcopy__(self, memo):  # an opaque tensor has no storage to copy: pack the weight again
-        return PackedLinear(self.packed.to_dense(), self.bias, single=copy.deepcopy(self.single, memo),
-                            gelu=self.gelu)
+        twin = memo[id(self)] = PackedLinear(self.packed.to_dense(), self.bias, gelu=self.gelu,
+                                             single=copy.deepcopy(self.single, memo))
+        return twin.train(self.training)
+
+    def _apply(self, fn, recurse=True):
+        """What .to() and friends do to the packed weight: another CPU dtype packs it again; the
+        meta device (a retired model, serving/service.py) drops it; anything else is refused,
+        since oneDNN's format is for this CPU (prepare a freshly loaded model instead)."""
+        super()._apply(fn, recurse)  # the bias and the single-row copy
+        target = fn(torch.empty(0, dtype=self.packed.dtype))  # where and in what dtype, without unpacking
+        if target.device.type == "meta":
+            self.packed = torch.empty(self.packed.shape, dtype=target.dtype, device="meta")
+        elif target.device.type == "cpu" and target.dtype in (torch.float32, torch.bfloat16):
+            if target.dtype != self.packed.dtype:
+                self.packed = torch.ops.mkldnn._reorder_linear_weight(self.packed.to_dense().to(target.dtype))
+        else:
+            raise ValueError(f"a layer packed for CPU inference cannot become {target.dtype} on {target.device}: "
+                             "prepare a freshly loaded model instead")
+        return self
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, " \

@@ -70,6 +70,10 @@ def serve(settings: ServeSettings, loaded: list[Artifact] | None = None, *, inde
     from uvicorn.config import STARTUP_FAILURE
     from uvicorn.supervisors import Multiprocess
 
+    artifact = loaded.pop() if loaded else None  # each worker loads its own
+    if settings.dtype == "auto":  # measured once, here, so that every worker runs the same dtype
+        settings.dtype = resolved_dtype(settings, artifact)
+    del artifact
     metrics_dir = tempfile.mkdtemp(prefix="llm-serve-metrics-")
     os.environ.update(settings.to_env(), PROMETHEUS_MULTIPROC_DIR=metrics_dir)
     try:
@@ -80,6 +84,19 @@ def serve(settings: ServeSettings, loaded: list[Artifact] | None = None, *, inde
         shutil.rmtree(metrics_dir, ignore_errors=True)
     if any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes):
         raise UserError("a worker failed to start (the log above says why)")
+
+
+def resolved_dtype(settings: ServeSettings, artifact: Artifact | None) -> str:
+    """serve.dtype=auto as a worker would resolve it (its thread count, serve.max_batch_size):
+    "float32" or "bfloat16". Workers measuring each on their own, at once on shared cores, could
+    each choose differently, and a seeded request's answer would depend on which one replied."""
+    from lightning_llm.model.generation import inference_dtype
+
+    set_threads(settings)
+    model = (artifact or load_artifact(settings.ckpt, device=settings.device)).model
+    dtype, why = inference_dtype(model, "auto", batch=settings.max_batch_size)
+    print(f"note: every worker: {why}", flush=True)
+    return str(dtype).removeprefix("torch.")
 
 
 def set_threads(settings: ServeSettings) -> None:

@@ -35,14 +35,11 @@ def main(cfg: DictConfig) -> None:
     if settings.registry is not None:
         print(f"registry {settings.registry}: serving its live version {Path(settings.ckpt).name}, and the next one "
               f"promoted (a look every {settings.registry_poll:g} s)", flush=True)
-    # One process serves the model and index it loads; replicas each load their own, after this check.
+    # One process serves the model and index it loads; replicas each load their own, after this check
+    # (and after serve.dtype=auto is measured on it once for all of them).
     # The artifact travels in a list serve() empties: no frame here keeps a version `registry=` replaces.
     loaded = [load_artifact(settings.ckpt, device=settings.device)]
-    if settings.workers == 1:
-        serve(settings, loaded, index=index)
-    else:
-        loaded.clear()
-        serve(settings)
+    serve(settings, loaded, index=index)
 
 
 def model_of(cfg: DictConfig) -> dict:

@@ -8,6 +8,7 @@ engine stops and the process exits 0.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -115,6 +116,8 @@ def app_from_env():
     from lightning_llm.serving.follow import hub_of
     from lightning_llm.serving.service import Service
 
+    if not logging.getLogger().handlers:  # a spawned worker: log as the stage's own process does (conf/hydra)
+        logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
     settings = ServeSettings.from_env()
     set_threads(settings)
     return create_app(hub_of(Service(load_artifact(settings.ckpt, device=settings.device), settings)))

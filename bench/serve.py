@@ -79,11 +79,13 @@ def default_model(folder: Path) -> Path:
 class InProcess:
     """`llm generate`'s path in this process: model.generate at batch 1, the same sampling."""
 
-    def __init__(self, model_dir: Path):
+    def __init__(self, model_dir: Path, dtype: str):
         from lightning_llm.data.tokenizer import encode_prompt
+        from lightning_llm.model.generation import DTYPES, prepare_for_inference
         from lightning_llm.model.io import load_artifact
 
         self.artifact = load_artifact(model_dir)
+        prepare_for_inference(self.artifact.model, DTYPES[dtype])  # as `llm generate` and the server run it
         self.idx = torch.tensor([encode_prompt(self.artifact.tokenizer, PROMPT)])
         self.runs = 0
 
@@ -254,6 +256,8 @@ def main():
     parser.add_argument("--cache-hits", type=int, default=200)
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, help="torch threads here and in the server (default: torch's)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="the weights here and in the servers: one dtype, so the ratios compare paths, not dtypes")
     args = parser.parse_args()
     threads = []
     if args.threads:
@@ -264,12 +268,12 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model_dir = args.ckpt or default_model(tmp)
-        local = InProcess(model_dir)
+        local = InProcess(model_dir, args.dtype)
         local.run(args.max_tokens)  # warm-up
         rows, hits, runs = [], None, []
         for batching in (True, False):
             common = (f"serve.max_batch_size={args.max_batch_size}", "serve.max_queue=256",
-                      f"serve.max_tokens={args.max_tokens}", *threads)
+                      f"serve.max_tokens={args.max_tokens}", f"serve.dtype={args.dtype}", *threads)
             server = start_server(model_dir, tmp / "serve.log", f"serve.batching={str(batching).lower()}", *common)
             proc, url = server
             every = None
@@ -292,7 +296,7 @@ def main():
                 if every is not None:
                     stop_server(every[0])
 
-    print(f"\nmodel: {args.ckpt or 'gpt-micro, random weights'}; {args.max_tokens} new tokens per request, "
+    print(f"\nmodel: {args.ckpt or 'gpt-micro, random weights'}, {args.dtype}; {args.max_tokens} new tokens per request, "
           f"prompt {PROMPT!r}, temperature 0.8, top_k 50; torch threads {torch.get_num_threads()}, "
           f"{os.cpu_count()} CPUs; load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after\n")
     print(f"One request of {args.max_tokens} tokens, {args.repeats} interleaved runs, medians (CPU: the "

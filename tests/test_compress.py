@@ -73,6 +73,26 @@ def test_quantized_artifact_round_trips_with_the_same_logits(trained, tmp_path, 
     assert (before.argmax(-1) == reference.argmax(-1)).float().mean() >= 0.95
 
 
+@pytest.mark.parametrize("scheme", ["bf16", "int8_weight_only"])
+def test_speed_is_timed_as_served_and_leaves_the_models_untouched(trained, scheme):
+    from lightning_llm.compress import quantize
+    from lightning_llm.compress.measure import as_served
+    from lightning_llm.model.layout import LaidOutLinear, PackedLinear
+
+    original = load_artifact(trained).model
+    compressed = quantize(original, scheme)
+    served = {name: as_served(model) for name, model in (("original", original), (scheme, compressed))}
+    laid = (PackedLinear, LaidOutLinear)
+    assert isinstance(served["original"].blocks[0].mlp.up, laid)  # fp32: laid out as llm generate runs it
+    assert isinstance(served[scheme].blocks[0].mlp.up, laid) == (scheme == "bf16")  # int8 layers stay torchao's
+    assert type(original.blocks[0].mlp.up) is torch.nn.Linear and type(compressed.blocks[0].mlp.up) is torch.nn.Linear
+    x = torch.randint(0, original.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        for model, copy in ((original, served["original"]), (compressed, served[scheme])):
+            expected, got = model(x, every_position=True)[0].float(), copy(x, every_position=True)[0].float()
+            assert (got - expected).abs().max() <= 0.02 * expected.abs().max()
+
+
 def test_int4_on_this_cpu_is_refused_with_the_reason():
     from lightning_llm.compress import check_scheme
 

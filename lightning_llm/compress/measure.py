@@ -5,6 +5,7 @@ machine shared with other work slows every model alike."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from lightning_llm.evaluation.lm import lm_metrics, score_tokens, utf8_bytes
 from lightning_llm.measured import interleaved_best
 from lightning_llm.model import GPT, flops_per_token
 from lightning_llm.model.io import WEIGHTS
+from lightning_llm.model.layout import lay_out
 
 
 def parameters(model: GPT) -> int:
@@ -45,11 +47,20 @@ def _generate(model: GPT, batch_size: int, new_tokens: int, prompt: list[int]) -
     model.generate(idx, new_tokens, temperature=0.0)
 
 
+def as_served(model: GPT) -> GPT:
+    """A copy with its linear layers laid out as `llm generate` and `llm serve` lay them out at
+    load (model/layout.py), in the model's own dtype; quantized layers stay as they are."""
+    served = copy.deepcopy(model)
+    lay_out(served)
+    return served
+
+
 def generation_speed(models: dict[str, GPT], *, batch_sizes: tuple[int, ...] = (1, 8), new_tokens: int = 32,
                      repeats: int = 3, prompt: list[int] | None = None) -> dict[str, dict[int, float]]:
-    """Greedy generation tokens/s (new tokens of every row / seconds) per model and batch size:
-    one warm-up, then `repeats` interleaved rounds, best of them."""
+    """Greedy generation tokens/s (new tokens of every row / seconds) per model and batch size, each
+    model laid out as it is served (as_served): one warm-up, then `repeats` interleaved rounds, best of them."""
     prompt = prompt or [0] * 8
+    models = {name: as_served(model) for name, model in models.items()}
     for model in models.values():
         _generate(model, 1, 2, prompt)  # first-call costs (allocation, kernels) out of the timing
     device = next(next(iter(models.values())).parameters()).device

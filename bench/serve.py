@@ -1,7 +1,8 @@
 """Serving throughput and latency: `llm serve` under 1, 8 and 32 concurrent streaming clients,
 with batching on and off, against in-process generation; and the response cache.
 
-    .venv/bin/python bench/serve.py [--ckpt MODEL] [--requests-per-client 4] [--max-tokens 56]
+    .venv/bin/python bench/serve.py [--ckpt MODEL | --shape nanogpt] [--dtype bfloat16] [--requests-per-client 4]
+        [--max-tokens 56]
 
 A bounded load generator: every client sends --requests-per-client streamed completions one
 after another (prompt "ROMEO:", temperature 0.8, top_k 50, no seed: never from the cache),
@@ -18,7 +19,8 @@ server process's (engine and HTTP, from /proc/<pid>/task/*/schedstat), which oth
 change far less than they change wall-clock time. Cache: one deterministic request, then
 --cache-hits more of it; latency p50/p95/p99 of the hits.
 
-Without --ckpt the model is the default shape (conf/model/gpt-micro.yaml) with random weights
+Without --ckpt the model is the default shape (conf/model/gpt-micro.yaml; `--shape nanogpt`: its
+options at 6 x 384, context 256) with random weights
 and the default tokenizer (`llm prepare`'s, reused from outputs/data): speed does not depend
 on the weights. Its <|endoftext|> is made unreachable (a logit 50 below the rest), so that
 every completion runs its full --max-tokens as a trained model's do; the token counts are the
@@ -47,8 +49,12 @@ HOST = "127.0.0.1"  # the only address this load generator ever targets
 PROMPT = "ROMEO:"
 
 
-def default_model(folder: Path) -> Path:
-    """gpt-micro with random weights and the default experiment's tokenizer."""
+NANOGPT = dict(n_layer=6, n_head=6, n_embd=384, block_size=256)  # nanoGPT's Shakespeare-char shape
+
+
+def default_model(folder: Path, shape_name: str = "gpt-micro") -> Path:
+    """gpt-micro (or, with shape_name "nanogpt", its options at nanoGPT's 6 x 384 size) with random
+    weights and the default experiment's tokenizer."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -63,7 +69,7 @@ def default_model(folder: Path) -> Path:
     tokenizer_json = prepared_data(cfg).tokenizer_path.read_text()
     from tokenizers import Tokenizer
 
-    shape = OmegaConf.to_container(cfg.model, resolve=True)
+    shape = {**OmegaConf.to_container(cfg.model, resolve=True), **(NANOGPT if shape_name == "nanogpt" else {})}
     torch.manual_seed(0)
     tokenizer = Tokenizer.from_str(tokenizer_json)
     model = GPT(GPTConfig(vocab_size=tokenizer.get_vocab_size(), **shape))
@@ -71,7 +77,7 @@ def default_model(folder: Path) -> Path:
         model.norm_f.weight[0], model.norm_f.bias[0] = 0.0, 1.0  # the final features' first component: 1
         model.lm_head.weight[:, 0] = 0.0  # (tied to the embedding)
         model.lm_head.weight[tokenizer.token_to_id(EOT), 0] = -50.0
-    return save_artifact(model, tokenizer_json, folder / "gpt-micro-random",
+    return save_artifact(model, tokenizer_json, folder / f"{shape_name}-random",
                          manifest=new_manifest(produced_by="bench/serve.py (random weights)",
                                                tokenizer_json=tokenizer_json))
 
@@ -256,6 +262,8 @@ def main():
     parser.add_argument("--cache-hits", type=int, default=200)
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, help="torch threads here and in the server (default: torch's)")
+    parser.add_argument("--shape", choices=["gpt-micro", "nanogpt"], default="gpt-micro",
+                        help="without --ckpt: the random model's size (nanogpt: 6 x 384, context 256)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                         help="the weights here and in the servers: one dtype, so the ratios compare paths, not dtypes")
     args = parser.parse_args()
@@ -267,7 +275,7 @@ def main():
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        model_dir = args.ckpt or default_model(tmp)
+        model_dir = args.ckpt or default_model(tmp, args.shape)
         local = InProcess(model_dir, args.dtype)
         local.run(args.max_tokens)  # warm-up
         rows, hits, runs = [], None, []
@@ -296,7 +304,7 @@ def main():
                 if every is not None:
                     stop_server(every[0])
 
-    print(f"\nmodel: {args.ckpt or 'gpt-micro, random weights'}, {args.dtype}; {args.max_tokens} new tokens per request, "
+    print(f"\nmodel: {args.ckpt or args.shape + ', random weights'}, {args.dtype}; {args.max_tokens} new tokens per request, "
           f"prompt {PROMPT!r}, temperature 0.8, top_k 50; torch threads {torch.get_num_threads()}, "
           f"{os.cpu_count()} CPUs; load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after\n")
     print(f"One request of {args.max_tokens} tokens, {args.repeats} interleaved runs, medians (CPU: the "

@@ -5,9 +5,10 @@
 For every distinct linear-layer shape of the presets (6 x 384 nanoGPT, gpt2-124m with its
 50,304-token head), the product of `batch` rows with the weight in each candidate layout:
 nn.Linear's own, (in, out) contiguous, one slice of output features per thread computed as
-one `bmm`, each slice stored (out, in) or (in, out), and oneDNN's packed weight (PackedLinear). Each timing cycles through enough distinct
-copies (64 MiB at least) that the weights stream from memory rather than cache; the candidates
-run in turns, best of 5. The table marks what lay_out runs (the rule) against nn.Linear's layout and the fastest.
+one `bmm`, each slice stored (out, in) or (in, out), and oneDNN's packed weight (PackedLinear).
+Each timing cycles through enough distinct copies (64 MiB at least) that the weights stream from
+memory rather than cache; the candidates run in turns, best of 5. The table marks what lay_out
+runs (the rule) against nn.Linear's layout and the fastest.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import math
 import os
 
 import torch
+import torch.nn as nn
 
 from lightning_llm.measured import interleaved_best, machine
-from lightning_llm.model.layout import LAYOUTS, LaidOutLinear, PackedLinear, can_pack, choose_layout
+from lightning_llm.model.layout import LAYOUTS, LaidOutLinear, PackedLinear, can_pack, lay_out
 
 SHAPES = [(1152, 384), (384, 384), (1536, 384), (384, 1536), (2304, 768), (768, 768), (3072, 768), (768, 3072),
           (50304, 768)]
@@ -27,14 +29,17 @@ TIMED_BYTES = 64 * 2**20
 PACKED = (0, "oneDNN packed")
 
 
-def rule(out_features: int, in_features: int, *, dtype, batch: int, threads: int) -> tuple[int, str]:
-    """What lay_out runs for this product: oneDNN's packed weight for bf16 and for several fp32 rows,
-    MKL's laid-out weight (choose_layout) for one fp32 row."""
-    if can_pack(dtype) and (dtype == torch.bfloat16 or batch > 1):
-        return PACKED
-    if dtype == torch.bfloat16:
-        return 1, "rows"  # left as nn.Linear
-    return choose_layout(out_features, in_features, threads=threads)
+def rule(out_features: int, in_features: int, *, dtype, batch: int) -> tuple[int, str]:
+    """What lay_out runs for this product at torch's thread count, asked of lay_out itself on one
+    layer of this shape: (groups, layout) of a LaidOutLinear, PACKED, or (1, "rows") for nn.Linear."""
+    holder = nn.Module()
+    holder.layer = nn.Linear(in_features, out_features, bias=False, dtype=dtype)
+    layer = lay_out(holder).get("layer")
+    if isinstance(layer, PackedLinear):
+        layer = layer.single if batch == 1 else None  # single rows go to its LaidOutLinear, if it has one
+        if layer is None:
+            return PACKED
+    return (layer.groups, layer.layout) if isinstance(layer, LaidOutLinear) else (1, "rows")
 
 
 def time_shape(out_features: int, in_features: int, *, dtype, batch: int, threads: int) -> dict:
@@ -74,7 +79,7 @@ def main():
                 for out_features, in_features in SHAPES:
                     us = {k: v * 1e6 for k, v in time_shape(out_features, in_features, dtype=dtype, batch=batch,
                                                              threads=threads).items()}
-                    chosen = rule(out_features, in_features, dtype=dtype, batch=batch, threads=threads)
+                    chosen = rule(out_features, in_features, dtype=dtype, batch=batch)
                     cells = [f"{us[key]:.0f}" if key in us else "-"
                              for key in [(1, "rows"), (1, "columns"), (threads, "rows"), (threads, "columns"), PACKED]]
                     if threads == 1:

@@ -17,8 +17,8 @@ Measured on a 2-core Zen 4 (`bench/layout.py`, docs/benchmarks.md "Weight layout
 So at load each fp32 linear layer becomes a PackedLinear that hands single rows to a
 LaidOutLinear (the weight is then held twice), and each bf16 one a PackedLinear alone; the
 GELU after an MLP's up-projection becomes oneDNN's post-op of that product (one pass over its
-output instead of two). They compute what the `nn.Linear` they replace computed (to rounding). The checkpoint on disk is
-untouched; a laid-out model is for inference only.
+output instead of two). They compute what the `nn.Linear` they replace computed (to rounding).
+The checkpoint on disk is untouched; a laid-out model is for inference only.
 """
 
 from __future__ import annotations
@@ -141,28 +141,28 @@ def can_pack(dtype: torch.dtype) -> bool:
                                                    rtol=2e-2, atol=2e-2)
 
 
-def lay_out(model: nn.Module) -> dict[str, str]:
+def lay_out(model: nn.Module) -> dict[str, nn.Module]:
     """Replace every fp32 or bf16 nn.Linear of a CPU model by the fastest layout for decoding
     (module docstring): fp32, a PackedLinear with a LaidOutLinear for single rows (choose_layout);
     bf16, a PackedLinear; an MLP's GELU becomes its up-projection's post-op. A tied LM head gets
     its own copy. Where oneDNN cannot pack, fp32 layers become LaidOutLinears and bf16 ones stay.
     Quantized weights (tensor subclasses) and other devices are left as they are. Returns
-    {module name: what it became}."""
+    {module name: its replacement}."""
     chosen = {}
     threads = torch.get_num_threads()
     for name, module in list(model.named_modules()):
         if not isinstance(module, nn.Linear) or type(module.weight.data) is not torch.Tensor \
                 or module.weight.device.type != "cpu" or module.weight.dtype not in (torch.float32, torch.bfloat16):
             continue  # quantized (a tensor subclass), another dtype, or not on the CPU: left as it is
-        dtype, single = module.weight.dtype, None
-        if dtype == torch.float32:
+        single = None
+        if module.weight.dtype == torch.float32:
             groups, layout = choose_layout(module.out_features, module.in_features, threads=threads)
             single = LaidOutLinear(module.weight, module.bias, groups=groups, layout=layout)
-            replacement, chosen[name] = single, f"{groups} x {layout}"
-        if can_pack(dtype):
+        if can_pack(module.weight.dtype):
             replacement = PackedLinear(module.weight, module.bias, single=single)
-            chosen[name] = "packed" + (f", single rows {chosen[name]}" if single is not None else "")
-        elif single is None:
+        elif single is not None:
+            replacement = single
+        else:
             continue
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
@@ -170,6 +170,6 @@ def lay_out(model: nn.Module) -> dict[str, str]:
         if attr == "up" and isinstance(replacement, PackedLinear) and isinstance(act, nn.GELU) \
                 and act.approximate == "tanh":  # an MLP's up-projection: its GELU becomes the product's post-op
             replacement.gelu, parent.act = True, nn.Identity()
-            chosen[name] += ", GELU fused"
         setattr(parent, attr, replacement)
+        chosen[name] = replacement
     return chosen
